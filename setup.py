@@ -1,0 +1,29 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="unimedclip",
+    version="0.1.0",
+    description="UniMed-CLIP, a contrastive vision-language model for six medical imaging modalities, "
+    "native to Hugging Face transformers",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0 (code); model weights cc-by-nc-4.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["modeling_unimedclip", "modeling_unimedclip.*"]),
+    install_requires=[
+        "torch>=2.6",
+        "transformers>=5.0,<6",
+        "tokenizers>=0.22",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "numpy>=1.26",
+        "pillow>=10.0",
+        "ftfy>=6.1",
+    ],
+    extras_require={
+        # open_clip_torch is the independent reference implementation for the parity tests and benchmarks.
+        "dev": ["pytest>=8", "open_clip_torch==3.3.0", "torchvision", "timm"],
+    },
+)
