@@ -1,0 +1,113 @@
+"""UniMed-CLIP model configuration."""
+
+import transformers
+from huggingface_hub.dataclasses import strict
+from packaging import version
+from transformers import BertConfig, CLIPVisionConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# transformers 4.x nests `CLIPVisionModel` weights under `vision_model.` and would load this model's saved
+# weights with a randomly initialised vision tower, emitting only warnings. Refuse it outright.
+if version.parse(transformers.__version__).major < 5:
+    raise ImportError(
+        f"UniMed-CLIP needs transformers>=5.0, found {transformers.__version__}: older versions silently "
+        "mis-load the vision tower. Upgrade with `pip install -U 'transformers>=5'`."
+    )
+
+# Dimensions of the three released checkpoints (text towers: microsoft/BiomedNLP-BiomedBERT-{base,large}-uncased-abstract).
+_VIT_B16_224 = dict(
+    image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+)
+_VIT_L14_336 = dict(
+    image_size=336, patch_size=14, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+)
+_BIOMEDBERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+_BIOMEDBERT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_unimedclip.UniMedCLIPConfig",
+    "AutoModel": "modeling_unimedclip.UniMedCLIPModel",
+    "AutoModelForZeroShotImageClassification": "modeling_unimedclip.UniMedCLIPModel",
+    "AutoProcessor": "processing_unimedclip.UniMedCLIPProcessor",
+    "AutoImageProcessor": "image_processing_unimedclip.UniMedCLIPImageProcessor",
+}
+
+VARIANTS: dict[str, dict] = {
+    "b16": dict(vision_config=_VIT_B16_224, text_config=_BIOMEDBERT_BASE, projection_dim=512),
+    "l14-336-base": dict(vision_config=_VIT_L14_336, text_config=_BIOMEDBERT_BASE, projection_dim=768),
+    "l14-336-large": dict(vision_config=_VIT_L14_336, text_config=_BIOMEDBERT_LARGE, projection_dim=768),
+}
+
+
+@strict
+class UniMedCLIPConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`UniMedCLIPModel`]: a CLIP ViT image tower (QuickGELU) and a BERT text tower whose last-layer
+    [CLS] state goes through a bias-free Linear-GELU-Linear head. The defaults give the released ViT-B/16 model;
+    [`UniMedCLIPConfig.from_variant`] gives any of the three released shapes.
+
+    vision_config (`dict` or `CLIPVisionConfig`, *optional*):
+        The image tower. The original towers use `hidden_act="quick_gelu"` and LayerNorm eps 1e-5.
+    text_config (`dict` or `BertConfig`, *optional*):
+        The text tower, a BiomedBERT (uncased, pad id 0).
+    projection_dim (`int`, *optional*, defaults to 512):
+        Size of the shared image-text embedding space.
+    text_head_hidden_size (`int`, *optional*):
+        Hidden size of the text head; defaults to `(text hidden size + projection_dim) // 2` as in the original.
+    logit_scale_init_value (`float`, *optional*, defaults to 2.6592):
+        Initial log temperature, ln(1 / 0.07).
+
+    Example:
+
+    ```python
+    >>> from modeling_unimedclip import UniMedCLIPConfig, UniMedCLIPModel
+
+    >>> config = UniMedCLIPConfig.from_variant("l14-336-base")
+    >>> model = UniMedCLIPModel(config)
+    ```"""
+
+    model_type = "unimed_clip"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(CLIPVisionConfig, init_kwargs={**_VIT_B16_224, "hidden_act": "quick_gelu"}),
+        "text_config": SubConfigSpec(BertConfig, init_kwargs=_BIOMEDBERT_BASE),
+    }
+
+    vision_config: dict | CLIPVisionConfig | None = None
+    text_config: dict | BertConfig | None = None
+    projection_dim: int = 512
+    text_head_hidden_size: int | None = None
+    logit_scale_init_value: float | int = 2.6592
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # `register_for_auto_class` records one auto class per class, but the zero-shot pipeline resolves
+        # `AutoModelForZeroShotImageClassification`: declare every entry the remote-code bundle serves.
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        if self.text_head_hidden_size is None:
+            self.text_head_hidden_size = (self.text_config.hidden_size + self.projection_dim) // 2
+
+    def validate_architecture(self):
+        """Part of `@strict` validation."""
+        if self.projection_dim <= 0:
+            raise ValueError(f"projection_dim must be positive, got {self.projection_dim}.")
+        if self.text_head_hidden_size is not None and self.text_head_hidden_size <= 0:
+            raise ValueError(f"text_head_hidden_size must be positive, got {self.text_head_hidden_size}.")
+
+    @classmethod
+    def from_variant(cls, variant: str, **kwargs) -> "UniMedCLIPConfig":
+        """Configuration of a released checkpoint: `"b16"`, `"l14-336-base"` or `"l14-336-large"`.
+
+        Keyword arguments override top-level fields (e.g. `logit_scale_init_value`).
+        """
+        if variant not in VARIANTS:
+            raise ValueError(f"Unknown UniMed-CLIP variant {variant!r}; choose one of {sorted(VARIANTS)}.")
+        preset = VARIANTS[variant]
+        return cls(
+            vision_config=CLIPVisionConfig(**preset["vision_config"], hidden_act="quick_gelu"),
+            text_config=BertConfig(**preset["text_config"]),
+            projection_dim=preset["projection_dim"],
+            **kwargs,
+        )
+
+
+__all__ = ["UniMedCLIPConfig", "VARIANTS"]

@@ -1,0 +1,234 @@
+"""PyTorch UniMed-CLIP model: a CLIP ViT image tower and a BiomedBERT text tower in one embedding space."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertModel, CLIPModel, CLIPVisionModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.clip.modeling_clip import CLIPOutput, image_text_contrastive_loss
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_unimedclip import UniMedCLIPConfig
+
+logger = logging.get_logger(__name__)
+
+
+class UniMedCLIPTextHead(nn.Module):
+    """The original text projection: bias-free Linear -> GELU (erf) -> bias-free Linear, applied to [CLS]."""
+
+    def __init__(self, config: UniMedCLIPConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.text_config.hidden_size, config.text_head_hidden_size, bias=False)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(config.text_head_hidden_size, config.projection_dim, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class UniMedCLIPPreTrainedModel(PreTrainedModel):
+    config: UniMedCLIPConfig
+    config_class = UniMedCLIPConfig
+    base_model_prefix = "unimed_clip"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPEncoderLayer", "BertLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The two towers are sub-models and initialise themselves; only the heads and the temperature live here.
+        if isinstance(module, UniMedCLIPTextHead):
+            # PyTorch's default Linear init, as the original head was never re-initialised.
+            init.kaiming_uniform_(module.fc1.weight, a=math.sqrt(5))
+            init.kaiming_uniform_(module.fc2.weight, a=math.sqrt(5))
+        elif isinstance(module, UniMedCLIPModel):
+            init.normal_(module.visual_projection.weight, std=module.visual_projection.in_features**-0.5)
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class UniMedCLIPModel(UniMedCLIPPreTrainedModel):
+    r"""
+    UniMed-CLIP (arXiv 2412.10372). Image features are the post-LayerNorm class token projected by a bias-free
+    Linear; text features are the [CLS] state of BERT's last layer passed through a bias-free Linear-GELU-Linear
+    head. `forward` L2-normalises both and scales their cosine similarities by `exp(logit_scale)`.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModel, AutoProcessor
+
+    >>> model = AutoModel.from_pretrained("UzairK/unimed-clip-vit-b16", trust_remote_code=True)
+    >>> processor = AutoProcessor.from_pretrained("UzairK/unimed-clip-vit-b16", trust_remote_code=True)
+    >>> inputs = processor(text=["chest X-ray with pneumonia", "normal chest X-ray"], images=image)
+    >>> probs = model(**inputs).logits_per_image.softmax(dim=-1)
+    ```"""
+
+    def __init__(self, config: UniMedCLIPConfig):
+        super().__init__(config)
+        self.vision_model = CLIPVisionModel._from_config(config.vision_config)
+        self.text_model = BertModel._from_config(config.text_config, add_pooling_layer=False)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.text_projection = UniMedCLIPTextHead(config)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.post_init()
+
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """Image tower output whose `pooler_output` is the projected, unnormalised image embedding."""
+        vision_outputs: BaseModelOutputWithPooling = self.vision_model(
+            pixel_values=pixel_values, return_dict=True, **kwargs
+        )
+        vision_outputs.pooler_output = self.visual_projection(vision_outputs.pooler_output)
+        return vision_outputs
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """Text tower output whose `pooler_output` is the projected, unnormalised text embedding.
+
+        Without `attention_mask`, padding is found as `input_ids == pad_token_id`, as the original did.
+        """
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
+        # Token-type ids are never passed: the original always ran BERT with its default all-zero segment ids.
+        text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=text_outputs.last_hidden_state,
+            pooler_output=self.text_projection(text_outputs.last_hidden_state[:, 0]),
+            hidden_states=text_outputs.hidden_states,
+            attentions=text_outputs.attentions,
+        )
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CLIPOutput:
+        r"""
+        token_type_ids (`torch.Tensor`, *optional*):
+            Accepted because tokenizers and the zero-shot pipeline pass them; ignored, as in the original model.
+        return_loss (`bool`, *optional*):
+            Whether to return the symmetric contrastive (InfoNCE) loss over the batch's matching pairs.
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError(
+                "UniMedCLIPModel.forward needs both `input_ids` and `pixel_values`; use `get_text_features` or "
+                "`get_image_features` to embed one modality."
+            )
+        vision_outputs = self.get_image_features(pixel_values=pixel_values, **kwargs)
+        text_outputs = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+        logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.t()
+        logits_per_image = logits_per_text.t()
+
+        loss = None
+        if return_loss:
+            if logits_per_text.shape[0] != logits_per_text.shape[1]:
+                raise ValueError(
+                    f"return_loss=True needs one caption per image, got {logits_per_text.shape[0]} texts and "
+                    f"{logits_per_text.shape[1]} images."
+                )
+            loss = image_text_contrastive_loss(logits_per_text)
+
+        return CLIPOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision: str,
+        text: str,
+        *,
+        image_size: int | None = None,
+        text_head_hidden_size: int | None = None,
+        **kwargs,
+    ) -> "UniMedCLIPModel":
+        """Initialise for (re)training as the original did: vision tower, visual projection and `logit_scale` from a
+        CLIP-architecture checkpoint (e.g. `facebook/metaclip-b16-400m`), text tower from a BERT checkpoint (e.g.
+        BiomedBERT), and a freshly initialised text head.
+
+        Args:
+            vision: Hub id or directory of a transformers `CLIPModel` checkpoint.
+            text: Hub id or directory of a BERT checkpoint.
+            image_size: Input resolution if it differs from the vision checkpoint's; position embeddings are then
+                resized bicubically (e.g. 224 -> 336 for the L/14-336 models).
+            text_head_hidden_size: Hidden size of the text head; defaults to the original's rule.
+            kwargs: Passed to both `from_pretrained` calls (e.g. `revision`, `cache_dir`).
+        """
+        clip = CLIPModel.from_pretrained(vision, **kwargs)
+        bert = BertModel.from_pretrained(text, add_pooling_layer=False, **kwargs)
+        vision_config = clip.config.vision_config.to_dict()
+        if image_size is not None:
+            vision_config["image_size"] = image_size
+        config = UniMedCLIPConfig(
+            vision_config=vision_config,
+            text_config=bert.config.to_dict(),
+            projection_dim=clip.config.projection_dim,
+            text_head_hidden_size=text_head_hidden_size,
+            logit_scale_init_value=clip.logit_scale.item(),
+        )
+        model = cls(config)
+
+        vision_state = clip.vision_model.state_dict()
+        position_key = "embeddings.position_embedding.weight"
+        target_positions = model.vision_model.embeddings.position_embedding.weight.shape[0]
+        vision_state[position_key] = resize_position_embedding(vision_state[position_key], target_positions)
+        model.vision_model.load_state_dict(vision_state)
+        model.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+        model.text_model.load_state_dict(bert.state_dict())
+        with torch.no_grad():
+            model.logit_scale.copy_(clip.logit_scale)
+        return model
+
+
+def resize_position_embedding(position_embedding: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """Bicubically resize a ViT position table (class token first, then a square grid) to `num_positions` rows.
+
+    The class-token row is kept; the grid is resized with `align_corners=True`, so corner patches keep their values.
+    """
+    if position_embedding.shape[0] == num_positions:
+        return position_embedding
+    old_grid, new_grid = math.isqrt(position_embedding.shape[0] - 1), math.isqrt(num_positions - 1)
+    if old_grid**2 + 1 != position_embedding.shape[0] or new_grid**2 + 1 != num_positions:
+        raise ValueError(
+            f"Cannot resize position embeddings from {position_embedding.shape[0]} to {num_positions} rows: "
+            "both must be a class token plus a square grid."
+        )
+    class_position, grid = position_embedding[:1], position_embedding[1:]
+    grid = grid.reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(position_embedding.dtype)
+    logger.info(f"Resized position embeddings from a {old_grid}x{old_grid} to a {new_grid}x{new_grid} grid.")
+    return torch.cat([class_position, grid])
+
+
+__all__ = ["UniMedCLIPModel", "UniMedCLIPPreTrainedModel", "resize_position_embedding"]
