@@ -66,9 +66,10 @@ class UniMedCLIPModel(UniMedCLIPPreTrainedModel):
     ```python
     >>> from transformers import AutoModel, AutoProcessor
 
-    >>> model = AutoModel.from_pretrained("UzairK/unimed-clip-vit-b16", trust_remote_code=True)
-    >>> processor = AutoProcessor.from_pretrained("UzairK/unimed-clip-vit-b16", trust_remote_code=True)
-    >>> inputs = processor(text=["chest X-ray with pneumonia", "normal chest X-ray"], images=image)
+    >>> # a directory written by `python -m modeling_unimedclip.convert`, or its Hub repository
+    >>> model = AutoModel.from_pretrained("unimed-clip-vit-b16", trust_remote_code=True)
+    >>> processor = AutoProcessor.from_pretrained("unimed-clip-vit-b16", trust_remote_code=True)
+    >>> inputs = processor(text=["chest X-ray with pneumonia", "normal chest X-ray"], images="chest_xray.png")
     >>> probs = model(**inputs).logits_per_image.softmax(dim=-1)
     ```"""
 
