@@ -126,14 +126,12 @@ def load_original_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> d
         else:
             with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
                 checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error) and "Unsupported global" in str(error):
+    except Exception as error:  # a damaged file fails anywhere in the unpickler, with any exception type
+        if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
             raise ValueError(
                 f"{path} pickles Python objects outside the safe allow-list ({_first_line_with(error, 'global')}). "
                 "If you trust the file's origin, convert it with --unsafe-pickle (unpickling can run arbitrary code)."
             ) from error
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
-    except Exception as error:  # a damaged file fails anywhere in the unpickler, with any exception type
         raise ValueError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {type(error).__name__}: {error}"
         ) from error
@@ -161,8 +159,11 @@ def _canonical_key(key: str) -> str:
 _REQUIRED = {
     "visual.conv1.weight": "the ViT patch embedding",
     "visual.positional_embedding": "the ViT position embeddings",
+    "visual.transformer.resblocks.0.mlp.c_fc.weight": "the ViT blocks",
     "visual.proj": "the visual projection",
     "text.transformer.embeddings.word_embeddings.weight": "a BERT text tower",
+    "text.transformer.embeddings.position_embeddings.weight": "the BERT position embeddings",
+    "text.transformer.encoder.layer.0.intermediate.dense.weight": "the BERT layers",
     "text.proj.0.weight": "the MLP text head",
     "text.proj.2.weight": "the MLP text head",
 }
