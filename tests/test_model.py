@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LABELS, images, tiny_config
+from huggingface_hub.errors import StrictDataclassError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -42,6 +43,20 @@ def test_default_config_is_the_b16_variant():
     assert UniMedCLIPConfig().to_diff_dict() == UniMedCLIPConfig.from_variant("b16").to_diff_dict()
     with pytest.raises(ValueError, match="Unknown UniMed-CLIP variant 'b32'"):
         UniMedCLIPConfig.from_variant("b32")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(projection_dim=0), "projection_dim must be positive, got 0"),
+        (dict(text_head_hidden_size=-4), "text_head_hidden_size must be positive, got -4"),
+        (dict(projection_dim="512"), "Field 'projection_dim' expected int"),
+        (dict(vision_config=dict(hidden_size=100, num_attention_heads=3)), r"hidden size \(100\) is not a multiple"),
+    ],
+)
+def test_invalid_config_is_a_clear_error(kwargs, match):
+    with pytest.raises(StrictDataclassError, match=match):
+        UniMedCLIPConfig(**kwargs)
 
 
 def test_save_and_auto_reload_are_identical(model_dir):
