@@ -27,8 +27,10 @@ from modeling_unimedclip.original_format import hf_to_open_clip
 OUTPUT = Path("demo_output")
 LABELS = ["chest x-ray with pneumonia", "normal chest x-ray", "ct scan of the liver", "fundus photo of the retina"]
 CORPUS = LABELS + [
-    "mri of the brain showing a tumor", "ultrasound of the thyroid with a benign nodule",
-    "histopathology slide of lung adenocarcinoma", "this is a photo of a lesion",
+    "mri of the brain showing a tumor",
+    "ultrasound of the thyroid with a benign nodule",
+    "histopathology slide of lung adenocarcinoma",
+    "this is a photo of a lesion",
 ]
 
 
@@ -43,10 +45,18 @@ def build_text_encoder(directory: Path) -> BertTokenizer:
 
 def write_original_checkpoint(path: Path, text_encoder: Path, vocab_size: int) -> None:
     config = UniMedCLIPConfig(
-        vision_config=dict(image_size=64, patch_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
-                           intermediate_size=256, hidden_act="quick_gelu"),
-        text_config=dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=128),
+        vision_config=dict(
+            image_size=64,
+            patch_size=16,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=1,
+            intermediate_size=256,
+            hidden_act="quick_gelu",
+        ),
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128
+        ),
         projection_dim=32,
     )
     torch.manual_seed(0)
@@ -86,8 +96,17 @@ def main() -> None:
 
     print("[2/3] Converting it with the converter CLI")
     subprocess.run(
-        [sys.executable, "-m", "modeling_unimedclip.convert", "--checkpoint", str(checkpoint),
-         "--text-encoder", str(text_encoder), "--output", str(converted)],
+        [
+            sys.executable,
+            "-m",
+            "modeling_unimedclip.convert",
+            "--checkpoint",
+            str(checkpoint),
+            "--text-encoder",
+            str(text_encoder),
+            "--output",
+            str(converted),
+        ],
         check=True,
     )
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modeling_unimedclip import UniMedCLIPConfig, UniMedCLIPModel  # noqa: E402
@@ -35,11 +34,22 @@ def build_models(variant: str, bert_dir: Path) -> tuple[torch.nn.Module, UniMedC
     reference = open_clip.CustomTextCLIP(
         embed_dim=config.projection_dim,
         quick_gelu=True,
-        vision_cfg=dict(image_size=vision.image_size, patch_size=vision.patch_size, width=vision.hidden_size,
-                        layers=vision.num_hidden_layers, head_width=64, mlp_ratio=4.0),
-        text_cfg=dict(hf_model_name=str(bert_dir), hf_tokenizer_name=str(bert_dir), hf_proj_type="mlp",
-                      hf_pooler_type="cls_last_hidden_state_pooler", hf_model_pretrained=False,
-                      context_length=CONTEXT_LENGTH),
+        vision_cfg=dict(
+            image_size=vision.image_size,
+            patch_size=vision.patch_size,
+            width=vision.hidden_size,
+            layers=vision.num_hidden_layers,
+            head_width=64,
+            mlp_ratio=4.0,
+        ),
+        text_cfg=dict(
+            hf_model_name=str(bert_dir),
+            hf_tokenizer_name=str(bert_dir),
+            hf_proj_type="mlp",
+            hf_pooler_type="cls_last_hidden_state_pooler",
+            hf_model_pretrained=False,
+            context_length=CONTEXT_LENGTH,
+        ),
     )
     ours = UniMedCLIPModel(config)
     weights, unconsumed = open_clip_to_hf(reference.state_dict())
@@ -100,8 +110,12 @@ def main() -> None:
     reference.to(device), ours.to(device)
     size = ours.config.vision_config.image_size
     pixel_values = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device)
-    padded, dynamic, mask = (t.to(device) for t in captions(
-        args.batch_size, args.min_tokens, args.max_tokens, ours.config.text_config.vocab_size, generator))
+    padded, dynamic, mask = (
+        t.to(device)
+        for t in captions(
+            args.batch_size, args.min_tokens, args.max_tokens, ours.config.text_config.vocab_size, generator
+        )
+    )
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def reference_forward():
@@ -126,24 +140,38 @@ def main() -> None:
         loss.backward()
 
     reference.eval(), ours.eval()
-    results = {"inference_equal_padding": (timed(reference_forward, args.repeats, device),
-                                           timed(ours_forward, args.repeats, device))}
+    results = {
+        "inference_equal_padding": (
+            timed(reference_forward, args.repeats, device),
+            timed(ours_forward, args.repeats, device),
+        )
+    }
     reference.train(), ours.train()
-    results["train_step_dynamic_padding"] = (timed(reference_train_step, args.repeats, device),
-                                             timed(ours_train_step, args.repeats, device))
+    results["train_step_dynamic_padding"] = (
+        timed(reference_train_step, args.repeats, device),
+        timed(ours_train_step, args.repeats, device),
+    )
 
     report = {
-        "config": {**vars(args), "output": str(args.output), "dynamic_length": dynamic.shape[1],
-                   "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"},
+        "config": {
+            **vars(args),
+            "output": str(args.output),
+            "dynamic_length": dynamic.shape[1],
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        },
         "results": {},
     }
     print(f"{args.variant}, batch {args.batch_size}, {args.device} {args.dtype}, dynamic length {dynamic.shape[1]}")
     print(f"{'measurement':32s} {'open_clip pairs/s':>18s} {'ours pairs/s':>14s} {'ratio':>7s}")
     for name, (reference_seconds, ours_seconds) in results.items():
         reference_rate, ours_rate = args.batch_size / reference_seconds, args.batch_size / ours_seconds
-        report["results"][name] = {"open_clip_pairs_per_s": reference_rate, "ours_pairs_per_s": ours_rate,
-                                   "ratio": ours_rate / reference_rate}
+        report["results"][name] = {
+            "open_clip_pairs_per_s": reference_rate,
+            "ours_pairs_per_s": ours_rate,
+            "ratio": ours_rate / reference_rate,
+        }
         print(f"{name:32s} {reference_rate:18.2f} {ours_rate:14.2f} {ours_rate / reference_rate:6.2f}x")
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / f"model_{args.variant}_{args.device}_{args.dtype}_bs{args.batch_size}.json"

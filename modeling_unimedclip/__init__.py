@@ -24,7 +24,8 @@ AutoModel.register(UniMedCLIPConfig, UniMedCLIPModel)
 AutoModelForZeroShotImageClassification.register(UniMedCLIPConfig, UniMedCLIPModel)
 # One implementation serves both backend names: only the PIL path is bit-exact with the original preprocessing.
 AutoImageProcessor.register(
-    UniMedCLIPConfig, image_processor_classes={"pil": UniMedCLIPImageProcessor, "torchvision": UniMedCLIPImageProcessor}
+    UniMedCLIPConfig,
+    image_processor_classes={"pil": UniMedCLIPImageProcessor, "torchvision": UniMedCLIPImageProcessor},
 )
 AutoProcessor.register(UniMedCLIPConfig, UniMedCLIPProcessor)
 

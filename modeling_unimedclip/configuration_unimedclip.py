@@ -14,12 +14,23 @@ if version.parse(transformers.__version__).major < 5:
         "mis-load the vision tower. Upgrade with `pip install -U 'transformers>=5'`."
     )
 
-# Dimensions of the three released checkpoints (text towers: microsoft/BiomedNLP-BiomedBERT-{base,large}-uncased-abstract).
+# Dimensions of the three released checkpoints; their text towers are
+# microsoft/BiomedNLP-BiomedBERT-{base,large}-uncased-abstract.
 _VIT_B16_224 = dict(
-    image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    image_size=224,
+    patch_size=16,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
 )
 _VIT_L14_336 = dict(
-    image_size=336, patch_size=14, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    image_size=336,
+    patch_size=14,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
 )
 _BIOMEDBERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 _BIOMEDBERT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)

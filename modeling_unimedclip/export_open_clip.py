@@ -25,7 +25,7 @@ OPEN_CLIP_HEAD_WIDTH = 64
 
 
 def open_clip_config(model: UniMedCLIPModel, image_processor: UniMedCLIPImageProcessor, text_encoder: str) -> dict:
-    """The `CustomTextCLIP` configuration that rebuilds `model` in open_clip, checking that open_clip can express it."""
+    """The `CustomTextCLIP` configuration that rebuilds `model` in open_clip; raises if open_clip cannot express it."""
     vision, text, config = model.config.vision_config, model.config.text_config, model.config
     incompatible = []
     if vision.hidden_act != "quick_gelu":
@@ -33,7 +33,9 @@ def open_clip_config(model: UniMedCLIPModel, image_processor: UniMedCLIPImagePro
     if vision.layer_norm_eps != 1e-5:
         incompatible.append(f"vision LayerNorm eps {vision.layer_norm_eps} (open_clip: 1e-5)")
     if vision.hidden_size != vision.num_attention_heads * OPEN_CLIP_HEAD_WIDTH:
-        incompatible.append(f"{vision.num_attention_heads} vision heads of width {vision.hidden_size} (open_clip: 64-wide)")
+        incompatible.append(
+            f"{vision.num_attention_heads} vision heads of width {vision.hidden_size} (open_clip: 64-wide)"
+        )
     if config.text_head_hidden_size != (text.hidden_size + config.projection_dim) // 2:
         incompatible.append(f"text head hidden size {config.text_head_hidden_size} (open_clip: (d + e) // 2)")
     if incompatible:
@@ -83,7 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="UniMed-CLIP directory or Hub id.")
     parser.add_argument("--output", required=True, type=Path)
-    parser.add_argument("--text-encoder", required=True, help="BERT Hub id (or directory) open_clip builds the tower from.")
+    parser.add_argument(
+        "--text-encoder", required=True, help="BERT Hub id (or directory) open_clip builds the tower from."
+    )
     args = parser.parse_args(argv)
     print(f"Wrote {export_open_clip(args.model, args.output, args.text_encoder)}")
 

@@ -20,7 +20,5 @@ def push_folder_to_hub(
         raise NotADirectoryError(f"Cannot push {folder}: not a directory.")
     api = api or HfApi()
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id, repo_type=repo_type, folder_path=folder, commit_message=commit_message
-    )
+    commit = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=folder, commit_message=commit_message)
     return str(commit)

@@ -15,7 +15,6 @@ import torch
 from transformers import BertConfig, CLIPVisionConfig
 
 from .configuration_unimedclip import UniMedCLIPConfig
-from .processing_unimedclip import CONTEXT_LENGTH
 
 OPEN_CLIP_TEXT_PREFIX = "text."
 ORIGINAL_TEXT_PREFIX = "text_encoder."
@@ -37,12 +36,20 @@ _RENAMES = [
     ("text.proj.0.weight", "text_projection.fc1.weight"),
     ("text.proj.2.weight", "text_projection.fc2.weight"),
 ]
-_IN_PROJ = ("visual.transformer.resblocks.{i}.attn.in_proj_{p}", "vision_model.encoder.layers.{i}.self_attn.{qkv}_proj.{p}")
+_IN_PROJ = (
+    "visual.transformer.resblocks.{i}.attn.in_proj_{p}",
+    "vision_model.encoder.layers.{i}.self_attn.{qkv}_proj.{p}",
+)
 _PROJ = ("visual.proj", "visual_projection.weight")
 
 
 def _pattern(template: str) -> re.Pattern:
-    groups = {"{i}": r"(?P<i>\d+)", "{p}": r"(?P<p>weight|bias)", "{qkv}": r"(?P<qkv>[qkv])", "{rest}": r"(?P<rest>.+)"}
+    groups = {
+        "{i}": r"(?P<i>\d+)",
+        "{p}": r"(?P<p>weight|bias)",
+        "{qkv}": r"(?P<qkv>[qkv])",
+        "{rest}": r"(?P<rest>.+)",
+    }
     pattern = re.escape(template)
     for placeholder, group in groups.items():
         pattern = pattern.replace(re.escape(placeholder), group)
@@ -205,10 +212,13 @@ def infer_config(state_dict: dict[str, torch.Tensor], text_config: BertConfig) -
         "intermediate_size": state_dict["text.transformer.encoder.layer.0.intermediate.dense.weight"].shape[0],
         "max_position_embeddings": state_dict["text.transformer.embeddings.position_embeddings.weight"].shape[0],
     }
-    mismatched = {key: (getattr(text_config, key), value) for key, value in found.items()
-                  if getattr(text_config, key) != value}
+    mismatched = {
+        key: (getattr(text_config, key), value) for key, value in found.items() if getattr(text_config, key) != value
+    }
     if mismatched:
-        details = ", ".join(f"{key} {given} vs {value} in the checkpoint" for key, (given, value) in mismatched.items())
+        details = ", ".join(
+            f"{key} {given} vs {value} in the checkpoint" for key, (given, value) in mismatched.items()
+        )
         raise ValueError(f"The text encoder config does not match the checkpoint's text tower: {details}.")
 
     return UniMedCLIPConfig(

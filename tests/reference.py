@@ -1,4 +1,4 @@
-"""The independent reference: pip open_clip's `CustomTextCLIP` (the original's architecture) and original-format files."""
+"""Independent reference: pip open_clip's `CustomTextCLIP` (the original architecture) and original-format files."""
 
 from pathlib import Path
 
@@ -14,7 +14,11 @@ def open_clip_config(
         "embed_dim": embed_dim,
         "quick_gelu": True,
         "vision_cfg": {
-            "image_size": image_size, "patch_size": patch_size, "width": width, "layers": layers, "head_width": 64,
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "width": width,
+            "layers": layers,
+            "head_width": 64,
             "mlp_ratio": 4.0,
         },
         "text_cfg": {
@@ -65,5 +69,3 @@ def save_numpy1_style(checkpoint: dict, path: Path) -> None:
     data = path.read_bytes()
     assert b"numpy._core.multiarray\nscalar" in data
     path.write_bytes(data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar"))
-
-

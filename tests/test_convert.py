@@ -1,4 +1,4 @@
-"""The converter: safe loading of original checkpoints, exact key coverage, clear errors, Hub upload, open_clip export."""
+"""The converter: safe loading of original checkpoints, exact key coverage, clear errors, upload, open_clip export."""
 
 import argparse
 import json
@@ -77,7 +77,9 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, tiny_bert_dir):
         vision_cfg={"image_size": 32, "patch_size": 16, "width": 64, "layers": 1, "head_width": 64},
         text_cfg={"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
     )
-    with pytest.raises(ValueError, match=r"Not a UniMed-CLIP checkpoint.*missing text\.transformer\..*BERT text tower"):
+    with pytest.raises(
+        ValueError, match=r"Not a UniMed-CLIP checkpoint.*missing text\.transformer\..*BERT text tower"
+    ):
         _convert({"state_dict": clip.state_dict()}, tmp_path, tiny_bert_dir)
 
 
@@ -128,7 +130,9 @@ class FakeHfApi:
         self.calls.append(("create_repo", repo_id, kwargs))
 
     def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs["repo_id"], sorted(p.name for p in kwargs["folder_path"].iterdir())))
+        self.calls.append(
+            ("upload_folder", kwargs["repo_id"], sorted(p.name for p in kwargs["folder_path"].iterdir()))
+        )
         return f"https://huggingface.co/{kwargs['repo_id']}/commit/0123"
 
 
@@ -137,15 +141,27 @@ def test_cli_converts_and_pushes_to_the_hub(checkpoint, tmp_path, tiny_bert_dir,
     monkeypatch.setattr(hub_module, "HfApi", lambda: api)
     torch.save(checkpoint, tmp_path / "epoch_10.pt")
     output = tmp_path / "converted"
-    convert_main([
-        "--checkpoint", str(tmp_path / "epoch_10.pt"), "--text-encoder", str(tiny_bert_dir),
-        "--output", str(output), "--push-to-hub", "org/unimed-clip-tiny",
-    ])
+    convert_main(
+        [
+            "--checkpoint",
+            str(tmp_path / "epoch_10.pt"),
+            "--text-encoder",
+            str(tiny_bert_dir),
+            "--output",
+            str(output),
+            "--push-to-hub",
+            "org/unimed-clip-tiny",
+        ]
+    )
     files = {p.name for p in output.iterdir()}
     assert {"model.safetensors", "config.json", "processor_config.json", "tokenizer_config.json"} <= files
     assert {"configuration_unimedclip.py", "modeling_unimedclip.py", "processing_unimedclip.py"} <= files
     assert not any(name.endswith((".bin", ".pt")) for name in files)
-    assert api.calls[0] == ("create_repo", "org/unimed-clip-tiny", {"repo_type": "model", "private": None, "exist_ok": True})
+    assert api.calls[0] == (
+        "create_repo",
+        "org/unimed-clip-tiny",
+        {"repo_type": "model", "private": None, "exist_ok": True},
+    )
     assert api.calls[1] == ("upload_folder", "org/unimed-clip-tiny", sorted(files))
     assert "commit/0123" in capsys.readouterr().out
 

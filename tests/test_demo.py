@@ -10,7 +10,11 @@ DEMO = Path(__file__).resolve().parents[1] / "demo.py"
 
 def test_demo_runs_end_to_end(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(DEMO)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [sys.executable, str(DEMO)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -77,7 +77,11 @@ def test_save_and_auto_reload_are_identical(model_dir):
 
     auto_map = AutoConfig.from_pretrained(model_dir).auto_map
     assert set(auto_map) == {
-        "AutoConfig", "AutoModel", "AutoModelForZeroShotImageClassification", "AutoProcessor", "AutoImageProcessor"
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForZeroShotImageClassification",
+        "AutoProcessor",
+        "AutoImageProcessor",
     }
     for module_name in {entry.split(".")[0] for entry in auto_map.values()}:
         assert (model_dir / f"{module_name}.py").is_file()
@@ -95,7 +99,9 @@ def test_forward_matches_manual_logits_and_loss(model_dir, tiny_tokenizer):
     logits = np.exp(3.0) * image @ text.T
     torch.testing.assert_close(outputs.logits_per_image, logits, atol=1e-5, rtol=1e-5)
     targets = torch.arange(3)
-    loss = (torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.T, targets)) / 2
+    loss = (
+        torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.T, targets)
+    ) / 2
     torch.testing.assert_close(outputs.loss, loss, atol=1e-5, rtol=1e-5)
 
     with pytest.raises(ValueError, match="one caption per image, got 3 texts and 2 images"):
@@ -131,8 +137,12 @@ def test_sdpa_and_eager_attention_agree(model_dir, tiny_tokenizer):
     inputs = tiny_tokenizer(LABELS, padding=True, return_tensors="pt")
     pixel_values = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(sdpa(**inputs, pixel_values=pixel_values).logits_per_image,
-                                   eager(**inputs, pixel_values=pixel_values).logits_per_image, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            sdpa(**inputs, pixel_values=pixel_values).logits_per_image,
+            eager(**inputs, pixel_values=pixel_values).logits_per_image,
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_activation_checkpointing_gives_the_same_gradients(tiny_tokenizer):
@@ -180,8 +190,14 @@ def test_half_precision_forward(model_dir, tiny_tokenizer, dtype):
 
 def test_from_vision_text_pretrained(tmp_path, tiny_bert_dir):
     clip_config = CLIPConfig(
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=128),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+        ),
         text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
         projection_dim=24,
     )

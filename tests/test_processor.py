@@ -96,13 +96,15 @@ def test_palette_images_are_converted_to_rgb_after_resizing():
 @pytest.mark.parametrize(("size", "crop_size"), [(224, 200), (224, 231), ({"height": 150, "width": 260}, 231)])
 def test_other_resize_and_crop_sizes_equal_torchvision(size, crop_size):
     resize = size if isinstance(size, int) else (size["height"], size["width"])
-    expected_transform = transforms.Compose([
-        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(crop_size),
-        lambda image: image.convert("RGB"),
-        transforms.ToTensor(),
-        transforms.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD),
-    ])
+    expected_transform = transforms.Compose(
+        [
+            transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(crop_size),
+            lambda image: image.convert("RGB"),
+            transforms.ToTensor(),
+            transforms.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD),
+        ]
+    )
     processor = UniMedCLIPImageProcessor(size=size, crop_size=crop_size)
     for mode in ("RGB", "P", "LA"):
         images = [make_image(mode, w, h, "noise") for w, h in IMAGE_SIZES]
@@ -347,9 +349,11 @@ def test_tokens_equal_open_clip_hf_tokenizer(processor, tmp_path):
 def test_text_and_images_together(processor):
     images = [make_image("RGB", 401, 299, "noise"), make_image("L", 37, 50, "gradient")]
     batch = processor(text=["pneumonia", "normal"], images=images)
-    assert set(batch) == set(processor.model_input_names) == {
-        "input_ids", "token_type_ids", "attention_mask", "pixel_values"
-    }
+    assert (
+        set(batch)
+        == set(processor.model_input_names)
+        == {"input_ids", "token_type_ids", "attention_mask", "pixel_values"}
+    )
     assert torch.equal(batch.pixel_values, reference(images, 336))
     assert processor(images=images, size=224).pixel_values.shape == (2, 3, 224, 224)
     assert "token_type_ids" not in processor(text="normal", return_token_type_ids=False)
