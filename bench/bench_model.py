@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modeling_unimedclip import UniMedCLIPConfig, UniMedCLIPModel  # noqa: E402
-from modeling_unimedclip.original_format import CONTEXT_LENGTH, open_clip_to_hf  # noqa: E402
+from modeling_unimedclip.original_format import open_clip_to_hf  # noqa: E402
+from modeling_unimedclip.processing_unimedclip import CONTEXT_LENGTH  # noqa: E402
 
 
 def build_models(variant: str, bert_dir: Path) -> tuple[torch.nn.Module, UniMedCLIPModel]:
