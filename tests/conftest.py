@@ -65,19 +65,19 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 LABELS = ["pneumonia", "normal chest", "liver mass"]
 
 
+# A ViT small enough for CPU tests: 32 px images in 8 px patches, 2 layers.
+TINY_VISION = dict(
+    image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128
+)
+
+
 def tiny_config(**overrides) -> UniMedCLIPConfig:
-    """A UniMed-CLIP small enough for CPU tests: 32 px images in 8 px patches, a 2-layer BERT."""
-    vision = dict(
-        image_size=32,
-        patch_size=8,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        hidden_act="quick_gelu",
-    )
+    """A UniMed-CLIP small enough for CPU tests: the tiny ViT and a 2-layer BERT."""
     return UniMedCLIPConfig(
-        vision_config=vision, text_config=make_tiny_bert_config().to_dict(), projection_dim=24, **overrides
+        vision_config={**TINY_VISION, "hidden_act": "quick_gelu"},
+        text_config=make_tiny_bert_config().to_dict(),
+        projection_dim=24,
+        **overrides,
     )
 
 

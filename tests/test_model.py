@@ -4,7 +4,7 @@ the contrastive loss and initialisation for retraining."""
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, images, tiny_config
+from conftest import LABELS, TINY_VISION, images, tiny_config
 from huggingface_hub.errors import StrictDataclassError
 from transformers import (
     AutoConfig,
@@ -190,14 +190,7 @@ def test_half_precision_forward(model_dir, tiny_tokenizer, dtype):
 
 def test_from_vision_text_pretrained(tmp_path, tiny_bert_dir):
     clip_config = CLIPConfig(
-        vision_config=dict(
-            image_size=32,
-            patch_size=8,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=128,
-        ),
+        vision_config=TINY_VISION,
         text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
         projection_dim=24,
     )
