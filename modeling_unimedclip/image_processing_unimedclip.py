@@ -12,6 +12,8 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImage
 from transformers.processing_utils import Unpack
 from transformers.utils import TensorType, is_torch_available, is_torch_tensor
 
+from .dicom_unimedclip import Window, is_dicom, read_dicom, resolve_window, scale_range
+
 if is_torch_available():
     import torch
 
@@ -28,6 +30,8 @@ class UniMedCLIPImageProcessorKwargs(TypedDict, total=False):
     image_mean: float | list[float] | tuple[float, ...] | None
     image_std: float | list[float] | tuple[float, ...] | None
     return_tensors: str | TensorType | None
+    window: str | list[float] | tuple[float, float] | None
+    frame: int | None
 
 
 class UniMedCLIPImageProcessor(PilBackend):
@@ -112,9 +116,13 @@ class UniMedCLIPImageProcessor(PilBackend):
             kwargs["image_mean"] = _per_channel(image_mean, "image_mean")
         if image_std is not None:
             kwargs["image_std"] = _per_channel(image_std, "image_std")
+        if kwargs.get("window") is not None:
+            resolve_window(kwargs["window"])  # fails early on an unknown preset or a malformed (center, width)
+        if kwargs.get("frame") is not None and (not isinstance(kwargs["frame"], int) or kwargs["frame"] < 0):
+            raise ValueError(f"`frame` must be a non-negative frame index; got {kwargs['frame']!r}.")
         return kwargs
 
-    def _prepare_image_like_inputs(self, images, *args, **kwargs) -> list[Image.Image]:
+    def _prepare_image_like_inputs(self, images, *args, window=None, frame=None, **kwargs) -> list[Image.Image]:
         """Turn the input (one image or a list) into a list of 8-bit PIL images, naming the culprit on failure."""
         batch = list(images) if isinstance(images, (list, tuple)) else [images]
         if not batch:
@@ -122,7 +130,7 @@ class UniMedCLIPImageProcessor(PilBackend):
         prepared = []
         for index, image in enumerate(batch):
             try:
-                prepared.append(self.process_image(image))
+                prepared.append(self.process_image(image, window=window, frame=frame))
             except (TypeError, ValueError) as error:
                 if len(batch) == 1:
                     raise
@@ -130,12 +138,12 @@ class UniMedCLIPImageProcessor(PilBackend):
                 raise error_type(f"images[{index}]: {error}") from error
         return prepared
 
-    def process_image(self, image, **kwargs) -> Image.Image:
+    def process_image(self, image, window=None, frame=None, **kwargs) -> Image.Image:
         """
         Convert one input to a PIL image with at most 8 bits per sample. Unlike the backend default, this returns a
         PIL image rather than an array: resizing must happen in the image's own mode, before RGB conversion.
         """
-        return to_pil_image(image)
+        return to_pil_image(image, window=window, frame=frame)
 
     def _preprocess(
         self,
@@ -160,11 +168,15 @@ class UniMedCLIPImageProcessor(PilBackend):
         return BatchFeature(data={"pixel_values": np.stack(pixel_values)}, tensor_type=return_tensors)
 
 
-def to_pil_image(image) -> Image.Image:
+def to_pil_image(image, window: Window | None = None, frame: int | None = None) -> Image.Image:
     """
     Load or convert one image input to a PIL image with at most 8 bits per sample. High-bit-depth images are
-    range-scaled to `L`; 8-bit PIL images keep their mode.
+    range-scaled to `L`; 8-bit PIL images keep their mode. DICOM files and datasets go through their modality and
+    VOI LUTs, or `window` when given (see `dicom_unimedclip`); `frame` picks a frame of a multi-frame DICOM (default
+    0). `window` and `frame` apply to DICOM input only.
     """
+    if is_dicom(image):
+        return dicom_to_pil(image, window=window, frame=frame)
     if isinstance(image, (str, os.PathLike)):
         image = open_image(image)
     elif is_torch_tensor(image):
@@ -200,18 +212,21 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         return image.copy()
 
 
+def dicom_to_pil(source, window: Window | None = None, frame: int | None = None) -> Image.Image:
+    """One frame of a DICOM file or dataset as an 8-bit `L` or `RGB` image, in display values."""
+    _, display = read_dicom(source, window=window)
+    frame = frame or 0
+    if frame >= len(display):
+        raise ValueError(f"DICOM '{source}' has {len(display)} frame(s); frame {frame} does not exist.")
+    return Image.fromarray(np.round(display[frame]).astype(np.uint8))
+
+
 def scale_to_uint8(array: np.ndarray) -> np.ndarray:
     """
     Map an array linearly from its own [min, max] range to [0, 255], rounding to the nearest integer (halves to
     even), as uint8. A constant array maps to 0; NaN or infinite values are an error.
     """
-    values = array.astype(np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError("The image contains NaN or infinite values, so it cannot be scaled to 8 bits.")
-    low, high = values.min(), values.max()
-    if high == low:
-        return np.zeros(array.shape, dtype=np.uint8)
-    return np.round((values - low) * 255.0 / (high - low)).astype(np.uint8)
+    return np.round(scale_range(array)).astype(np.uint8)
 
 
 def resize(image: Image.Image, size: SizeDict, resample: PILImageResampling) -> Image.Image:

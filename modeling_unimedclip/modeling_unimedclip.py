@@ -98,15 +98,17 @@ class UniMedCLIPModel(UniMedCLIPPreTrainedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """Text tower output whose `pooler_output` is the projected, unnormalised text embedding.
 
         Without `attention_mask`, padding is found as `input_ids == pad_token_id`, as the original did.
+        `token_type_ids` (which tokenizers return) are accepted and ignored, as in the original model.
         """
         if attention_mask is None:
             attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
-        # Token-type ids are never passed: the original always ran BERT with its default all-zero segment ids.
+        # The original always ran BERT with its default all-zero segment ids.
         text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         return BaseModelOutputWithPooling(
             last_hidden_state=text_outputs.last_hidden_state,

@@ -22,8 +22,9 @@ REMOTE_SCRIPT = textwrap.dedent(
 
     class BlockPackage(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "modeling_unimedclip":
-                raise ImportError("modeling_unimedclip is hidden in this process")
+            # The package, and pydicom, which the remote code needs only for DICOM input.
+            if name.split(".")[0] in ("modeling_unimedclip", "pydicom"):
+                raise ImportError(f"{name} is hidden in this process")
 
     sys.meta_path.insert(0, BlockPackage())
     try:
