@@ -12,6 +12,8 @@ setup(
     license="Apache-2.0 (code); model weights cc-by-nc-4.0",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_unimedclip", "modeling_unimedclip.*"]),
+    package_data={"modeling_unimedclip": ["prompt_templates.json"]},
+    entry_points={"console_scripts": ["unimedclip = modeling_unimedclip.cli:main"]},
     install_requires=[
         "torch>=2.6",
         "transformers>=5.0,<6",
@@ -21,6 +23,8 @@ setup(
         "numpy>=1.26",
         "pillow>=10.0",
         "ftfy>=6.1",
+        "pydicom>=3.0",
+        "nibabel>=5.0",
     ],
     extras_require={
         # open_clip_torch is the independent reference implementation for the parity tests and benchmarks.
