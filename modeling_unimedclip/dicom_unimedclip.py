@@ -100,8 +100,10 @@ def to_display(values: np.ndarray, dataset, window: Window | None = None) -> np.
     if window is not None:
         display = window_values(values, *resolve_window(window))
     elif "VOILUTSequence" in dataset:
-        # A lookup table: its output range is set by the LUT's bit depth, so scale the result by its real range.
-        display = scale_range(np.stack([apply_voi_lut(frame, dataset, prefer_lut=True) for frame in values]))
+        # A lookup table indexed by integer values; its output range is set by the LUT's bit depth, so the result
+        # is scaled by its real range.
+        indices = np.rint(values).astype(np.int64)
+        display = scale_range(np.stack([apply_voi_lut(frame, dataset, prefer_lut=True) for frame in indices]))
     elif "WindowCenter" in dataset and "WindowWidth" in dataset:
         center, width = _first(dataset.WindowCenter), _first(dataset.WindowWidth)
         display = window_values(values, center, width, str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR"))

@@ -78,6 +78,15 @@ def test_window_from_the_file_and_real_range_without_one(tmp_path):
     assert np.array_equal(np.asarray(dicom_to_pil(tmp_path / "plain.dcm")), expected)
 
 
+def test_voi_lut_sequence(tmp_path):
+    lut = Dataset()
+    lut.LUTDescriptor = [4, 0, 12]  # stored values 0..3 -> 12-bit output
+    lut.add_new("LUTData", "US", [0, 100, 4000, 4095])
+    write_dicom(tmp_path / "lut.dcm", np.array([[0, 1, 2, 3]], np.uint16), RescaleIntercept=0, VOILUTSequence=[lut])
+    _, display = read_dicom(tmp_path / "lut.dcm")
+    np.testing.assert_allclose(display[0], [[0, 100 * 255 / 4095, 4000 * 255 / 4095, 255]])
+
+
 def test_monochrome1_is_inverted(tmp_path):
     write_dicom(tmp_path / "m1.dcm", STORED, PhotometricInterpretation="MONOCHROME1", WindowCenter=40, WindowWidth=400)
     assert np.asarray(dicom_to_pil(tmp_path / "m1.dcm")).tolist() == [[255 - v for v in ABDOMEN_BY_HAND]]
