@@ -18,6 +18,7 @@ demo: $(INSTALLED)
 
 bench: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_model.py
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_eval.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo_output

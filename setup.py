@@ -12,7 +12,14 @@ setup(
     license="Apache-2.0 (code); model weights cc-by-nc-4.0",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_unimedclip", "modeling_unimedclip.*"]),
-    package_data={"modeling_unimedclip": ["prompt_templates.json"]},
+    package_data={
+        "modeling_unimedclip": [
+            "prompt_templates.json",
+            "evaluation/catalog.json",
+            "evaluation/prompts/*.json",
+            "evaluation/metrics/*/*.py",
+        ]
+    },
     entry_points={"console_scripts": ["unimedclip = modeling_unimedclip.cli:main"]},
     install_requires=[
         "torch>=2.6",
@@ -25,6 +32,9 @@ setup(
         "ftfy>=6.1",
         "pydicom>=3.0",
         "nibabel>=5.0",
+        "evaluate>=0.4",
+        "scikit-learn>=1.3",
+        "tqdm>=4.66",
     ],
     extras_require={
         # open_clip_torch is the independent reference implementation for the parity tests and benchmarks.

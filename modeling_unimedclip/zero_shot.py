@@ -34,7 +34,7 @@ def expand_labels(labels: list[str], modality: str | None = None) -> dict[str, l
 def class_embeddings(model, processor, prompts: dict[str, list[str]]) -> torch.Tensor:
     """(classes, dim): per class, the renormalised mean of its normalised prompt embeddings."""
     texts = [text for class_prompts in prompts.values() for text in class_prompts]
-    inputs = processor(text=texts, return_tensors="pt").to(model.device)
+    inputs = processor(text=texts, padding=True, truncation=True, return_tensors="pt").to(model.device)
     embeddings = F.normalize(model.get_text_features(**inputs).pooler_output.float(), dim=-1)
     per_class = torch.split(embeddings, [len(class_prompts) for class_prompts in prompts.values()])
     return F.normalize(torch.stack([class_embeds.mean(dim=0) for class_embeds in per_class]), dim=-1)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +28,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo_output" / "unimed-clip-tiny" / "model.safetensors").is_file()
 
 
-def test_benchmark_script_starts(tmp_path):
-    result = run(str(ROOT / "bench" / "bench_model.py"), "--help", cwd=tmp_path)
+@pytest.mark.parametrize("script", ["bench_model.py", "bench_eval.py"])
+def test_benchmark_scripts_start(tmp_path, script):
+    result = run(str(ROOT / "bench" / script), "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--variant" in result.stdout

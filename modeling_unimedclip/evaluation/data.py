@@ -1,0 +1,240 @@
+"""Evaluation data: the catalog's loaders for the paper's 21 datasets, and generic image-folder, CSV and Hugging Face
+dataset loaders for bring-your-own data. A loader yields `Sample(image, label)` where `image` is a path or an image
+object the processor accepts; the evaluator decodes lazily, in DataLoader workers, counting unreadable images."""
+
+import ast
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CATALOG_FILE = Path(__file__).parent / "catalog.json"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Any  # a path, or an image object from a Hugging Face dataset
+    label: int
+
+
+@dataclass(frozen=True)
+class EvalDataset:
+    key: str
+    modality: str | None
+    metric: str  # "accuracy" or "auc"
+    classes: list[str]
+    samples: list[Sample]
+
+
+def load_catalog(path: Path = CATALOG_FILE) -> dict[str, dict]:
+    return json.loads(Path(path).read_text())
+
+
+def catalog_dataset(key: str, entry: dict, data_root: Path) -> EvalDataset:
+    """Samples of one catalog dataset under `data_root`; a missing file or folder raises FileNotFoundError."""
+    loader = entry["loader"]
+    read = {
+        "csv": _csv_samples,
+        "csv_one_hot": _csv_one_hot_samples,
+        "csv_category_list": _csv_category_samples,
+        "folders": _folder_samples,
+        "filename_label": _filename_samples,
+    }.get(loader["type"])
+    if read is None:
+        raise ValueError(f"{key}: unknown loader type {loader['type']!r} in the catalog.")
+    samples = read(loader, Path(data_root))
+    _check_labels(key, samples, entry["classes"])
+    return EvalDataset(key, entry["modality"], entry["metric"], entry["classes"], samples)
+
+
+def image_folder_dataset(root: Path, key: str | None = None) -> EvalDataset:
+    """`root/<class>/<image>`; classes in sorted folder order (as torchvision's ImageFolder)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder {root} does not exist.")
+    classes = sorted(folder.name for folder in root.iterdir() if folder.is_dir())
+    if not classes:
+        raise ValueError(f"{root} has no class subfolders.")
+    samples = _folder_samples({"root": ".", "class_folders": classes}, root)
+    return EvalDataset(key or root.name, None, "accuracy", classes, samples)
+
+
+def csv_dataset(file: Path, path_column: str = "path", label_column: str = "label", key: str | None = None):
+    """A CSV with a header, one image per row; paths relative to the CSV's folder; classes in sorted label order."""
+    file = Path(file)
+    rows = _read_csv(file, header=True, index_column=False)
+    for column in (path_column, label_column):
+        if column not in rows[0]:
+            raise ValueError(f"{file} has no column {column!r}; columns: {list(rows[0])}.")
+    classes = sorted({row[label_column] for row in rows})
+    samples = [Sample(file.parent / row[path_column], classes.index(row[label_column])) for row in rows]
+    return EvalDataset(key or file.stem, None, "accuracy", classes, samples)
+
+
+def hf_dataset(name_or_path: str, split: str = "test", image_column: str = "image", label_column: str = "label"):
+    """Any Hugging Face dataset with an image and a class-label column (streaming is not needed for evaluation)."""
+    import datasets
+
+    dataset = datasets.load_dataset(name_or_path, split=split)
+    for column in (image_column, label_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"{name_or_path} has no column {column!r}; columns: {dataset.column_names}.")
+    feature = dataset.features[label_column]
+    classes = feature.names if isinstance(feature, datasets.ClassLabel) else sorted(set(dataset[label_column]))
+    to_index = (lambda label: label) if isinstance(feature, datasets.ClassLabel) else classes.index
+    samples = [Sample(row[image_column], to_index(row[label_column])) for row in dataset]
+    return EvalDataset(name_or_path.rstrip("/").split("/")[-1], None, "accuracy", list(classes), samples)
+
+
+def csv_pairs(file: Path, path_column: str = "path", caption_column: str = "caption") -> tuple[list[Path], list[str]]:
+    """Image-caption pairs from a CSV with a header; paths relative to the CSV's folder."""
+    file = Path(file)
+    rows = _read_csv(file, header=True, index_column=False)
+    for column in (path_column, caption_column):
+        if column not in rows[0]:
+            raise ValueError(f"{file} has no column {column!r}; columns: {list(rows[0])}.")
+    return [file.parent / row[path_column] for row in rows], [row[caption_column] for row in rows]
+
+
+def hf_pairs(name_or_path: str, split: str = "test", image_column: str = "image", caption_column: str = "caption"):
+    """Image-caption pairs from a Hugging Face dataset."""
+    import datasets
+
+    dataset = datasets.load_dataset(name_or_path, split=split)
+    for column in (image_column, caption_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"{name_or_path} has no column {column!r}; columns: {dataset.column_names}.")
+    return dataset[image_column], dataset[caption_column]
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Preprocesses one sample per item; an unreadable image yields `None` so that the batch can drop and count it."""
+
+    def __init__(self, samples: list[Sample], image_processor):
+        self.samples, self.image_processor = samples, image_processor
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        try:
+            pixel_values = self.image_processor(sample.image, return_tensors="pt").pixel_values[0]
+        except (ValueError, TypeError, OSError):
+            return None, sample.label, index
+        return pixel_values, sample.label, index
+
+
+def collate(batch: list) -> tuple[torch.Tensor | None, torch.Tensor, list[int]]:
+    """Stack the readable items; return the indices of the unreadable ones."""
+    readable = [item for item in batch if item[0] is not None]
+    failed = [index for pixels, _, index in batch if pixels is None]
+    if not readable:
+        return None, torch.empty(0, dtype=torch.long), failed
+    return torch.stack([item[0] for item in readable]), torch.tensor([item[1] for item in readable]), failed
+
+
+def _read_csv(file: Path, header: bool, index_column: bool) -> list:
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist.")
+    with open(file, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        raise ValueError(f"{file} is empty.")
+    if header:
+        names, rows = rows[0], rows[1:]
+        if index_column:
+            names, rows = names[1:], [row[1:] for row in rows]
+        return [dict(zip(names, row, strict=False)) for row in rows]
+    return [row[1:] if index_column else row for row in rows]
+
+
+def _cell(row, column):
+    """A cell by header name (rows read with a header) or by 0-based position."""
+    if isinstance(row, dict):
+        return row[column] if isinstance(column, str) else list(row.values())[column]
+    return row[column]
+
+
+def _csv_rows(loader: dict, root: Path) -> list:
+    rows = _read_csv(root / loader["file"], loader.get("header", True), loader.get("index_column", False))
+    for column, value in (loader.get("filter") or {}).items():
+        rows = [row for row in rows if str(_cell(row, column)) == str(value)]
+    return rows
+
+
+def _csv_samples(loader: dict, root: Path) -> list[Sample]:
+    samples = []
+    values = loader.get("label_values")
+    for row in _csv_rows(loader, root):
+        path, label = _cell(row, loader["path_column"]), _cell(row, loader["label_column"])
+        if loader.get("path_template"):
+            path = loader["path_template"].format(path=path, label=label)
+        samples.append(Sample(root / loader["image_root"] / path, _label(label, values, loader["file"])))
+    return samples
+
+
+def _csv_one_hot_samples(loader: dict, root: Path) -> list[Sample]:
+    samples = []
+    for row in _csv_rows(loader, root):
+        scores = [float(_cell(row, column) or 0) for column in loader["label_columns"]]
+        samples.append(
+            Sample(root / loader["image_root"] / _cell(row, loader["path_column"]), scores.index(max(scores)))
+        )
+    return samples
+
+
+def _csv_category_samples(loader: dict, root: Path) -> list[Sample]:
+    samples = []
+    for row in _csv_rows(loader, root):
+        categories = ast.literal_eval(_cell(row, loader["category_column"]))
+        label = _label(categories[0], loader["label_values"], loader["file"])
+        samples.append(Sample(root / loader["image_root"] / _cell(row, loader["path_column"]), label))
+    return samples
+
+
+def _folder_samples(loader: dict, root: Path) -> list[Sample]:
+    extensions = tuple(loader.get("extensions", IMAGE_EXTENSIONS))
+    samples = []
+    for label, folder in enumerate(loader["class_folders"]):
+        directory = root / loader["root"] / folder
+        if not directory.is_dir():
+            raise FileNotFoundError(f"Class folder {directory} does not exist.")
+        files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        samples += [Sample(file, label) for file in files]
+    return samples
+
+
+def _filename_samples(loader: dict, root: Path) -> list[Sample]:
+    directory, pattern = root / loader["root"], re.compile(loader["pattern"])
+    if not directory.is_dir():
+        raise FileNotFoundError(f"Folder {directory} does not exist.")
+    extensions = tuple(loader.get("extensions", IMAGE_EXTENSIONS))
+    samples = []
+    for file in sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in extensions):
+        match = pattern.search(file.name)
+        if match is None:
+            raise ValueError(f"{file.name} does not match the label pattern {loader['pattern']!r}.")
+        samples.append(Sample(file, _label(match["label"], loader["label_values"], str(directory))))
+    return samples
+
+
+def _label(value, values: dict | None, source: str) -> int:
+    if values is None:
+        return int(value)
+    if str(value) not in values:
+        raise ValueError(f"{source}: label {value!r} is not one of {sorted(values)}.")
+    return values[str(value)]
+
+
+def _check_labels(key: str, samples: list[Sample], classes: list[str]) -> None:
+    if not samples:
+        raise ValueError(f"{key}: no images found.")
+    bad = {sample.label for sample in samples} - set(range(len(classes)))
+    if bad:
+        raise ValueError(f"{key}: labels {sorted(bad)} outside the {len(classes)} classes.")

@@ -1,0 +1,423 @@
+"""The zero-shot evaluator: loaders for every catalog layout, metrics by hand, caching, retrieval, linear probes,
+the CLI's outputs and the model-index round trip."""
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import images
+from huggingface_hub import ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from PIL import Image
+
+import evaluate_zero_shot
+from modeling_unimedclip import UniMedCLIPModel, UniMedCLIPProcessor
+from modeling_unimedclip import zero_shot as zero_shot_module
+from modeling_unimedclip.evaluation import (
+    Evaluator,
+    catalog_dataset,
+    csv_dataset,
+    eval_results,
+    hf_dataset,
+    image_folder_dataset,
+    load_catalog,
+    retrieval_recalls,
+)
+from modeling_unimedclip.evaluation.evaluator import METRIC_MODULE, few_shot_accuracy
+
+PER_CLASS = 3
+
+
+def write_image(path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(path)
+
+
+def materialize(entry: dict, root, per_class: int = PER_CLASS) -> None:
+    """Write a tiny dataset laid out as a catalog entry's loader reads it: `per_class` images per class."""
+    loader, classes = entry["loader"], entry["classes"]
+    kind = loader["type"]
+    label_cells = {index: value for value, index in reversed(list((loader.get("label_values") or {}).items()))}
+    items = [(c, j, label_cells.get(c, str(c))) for c in range(len(classes)) for j in range(per_class)]
+    seed = iter(range(10_000))
+    if kind == "folders":
+        extension = loader.get("extensions", [".png"])[0]
+        for c, j, _ in items:
+            write_image(root / loader["root"] / loader["class_folders"][c] / f"{j}{extension}", next(seed))
+        return
+    if kind == "filename_label":
+        for c, j, cell in items:
+            name = f"{c}{j:03d}_{cell}{loader.get('extensions', ['.png'])[0]}"
+            assert re.search(loader["pattern"], name)["label"] == cell, (loader["pattern"], name)
+            write_image(root / loader["root"] / name, next(seed))
+        return
+
+    rows = []
+    for c, j, cell in items:
+        path_cell = f"img_{c}_{j}.png"
+        image_path = loader.get("path_template") and loader["path_template"].format(path=path_cell, label=cell)
+        write_image(root / loader["image_root"] / (image_path or path_cell), next(seed))
+        row = {loader["path_column"]: path_cell}
+        if kind == "csv":
+            row[loader["label_column"]] = cell
+        elif kind == "csv_one_hot":
+            row.update({name: float(k == c) for k, name in enumerate(loader["label_columns"])})
+        else:
+            row[loader["category_column"]] = repr([classes[c] if not label_cells else cell, "other finding"])
+        row.update(loader.get("filter") or {})
+        rows.append(row)
+    for column, value in (loader.get("filter") or {}).items():  # a row the filter must drop
+        rows.append({**rows[0], column: f"not-{value}", loader["path_column"]: "missing.png"})
+    _write_csv(root / loader["file"], rows, loader.get("header", True), loader.get("index_column", False))
+
+
+def _write_csv(path, rows: list[dict], header: bool, index_column: bool) -> None:
+    positions = [key for key in rows[0] if isinstance(key, int)]
+    width = max(positions, default=-1) + 1
+    names = [f"column{i}" for i in range(width)] + [key for key in rows[0] if isinstance(key, str)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        if header:
+            writer.writerow(([""] if index_column else []) + names)
+        for number, row in enumerate(rows):
+            cells = [row.get(i, row.get(name, "")) for i, name in enumerate(names)]
+            writer.writerow(([number] if index_column else []) + cells)
+
+
+LAYOUTS = {
+    "rsna-like": {
+        "modality": "xray",
+        "metric": "accuracy",
+        "classes": ["normal", "pneumonia"],
+        "loader": {
+            "type": "csv",
+            "file": "rsna.csv",
+            "image_root": "rsna",
+            "path_column": 1,
+            "label_column": 2,
+            "label_values": None,
+            "filter": None,
+            "index_column": False,
+            "header": False,
+            "path_template": None,
+        },
+    },
+    "ct-like": {
+        "modality": "ct",
+        "metric": "accuracy",
+        "classes": ["liver", "spleen", "heart"],
+        "loader": {
+            "type": "csv",
+            "file": "organs/annotations.csv",
+            "image_root": "organs",
+            "path_column": 0,
+            "label_column": 2,
+            "label_values": None,
+            "filter": {"split": "test"},
+            "index_column": False,
+            "header": True,
+            "path_template": None,
+        },
+    },
+    "bach-like": {
+        "modality": "pathology",
+        "metric": "accuracy",
+        "classes": ["benign", "invasive"],
+        "loader": {
+            "type": "csv",
+            "file": "BACH/truth.csv",
+            "image_root": "BACH",
+            "path_column": 0,
+            "label_column": 1,
+            "label_values": {"Benign": 0, "Invasive": 1},
+            "filter": None,
+            "index_column": False,
+            "header": True,
+            "path_template": "{label}/{path}",
+        },
+    },
+    "acl-like": {
+        "modality": "mri",
+        "metric": "auc",
+        "classes": ["no", "yes"],
+        "loader": {
+            "type": "csv",
+            "file": "acl.csv",
+            "image_root": "acl",
+            "path_column": 0,
+            "label_column": 1,
+            "label_values": {"no": 0, "yes": 1},
+            "filter": None,
+            "index_column": True,
+            "header": True,
+            "path_template": None,
+        },
+    },
+    "chexpert-like": {
+        "modality": "xray",
+        "metric": "accuracy",
+        "classes": ["Edema", "Effusion"],
+        "loader": {
+            "type": "csv_one_hot",
+            "file": "chexpert.csv",
+            "image_root": "",
+            "path_column": "imgpath",
+            "label_columns": ["Edema", "Effusion"],
+            "index_column": True,
+            "header": True,
+        },
+    },
+    "retina-like": {
+        "modality": "fundus",
+        "metric": "auc",
+        "classes": ["no glaucoma", "glaucoma"],
+        "loader": {
+            "type": "csv_category_list",
+            "file": "refuge.csv",
+            "image_root": "",
+            "path_column": "image",
+            "category_column": "categories",
+            "label_values": {"no glaucoma": 0, "glaucoma": 1},
+            "index_column": True,
+            "header": True,
+        },
+    },
+    "folders-like": {
+        "modality": "pathology",
+        "metric": "accuracy",
+        "classes": ["aca", "benign"],
+        "loader": {"type": "folders", "root": "lc", "class_folders": ["colon_aca", "colon_n"], "extensions": [".png"]},
+    },
+    "pcam-like": {
+        "modality": "pathology",
+        "metric": "accuracy",
+        "classes": ["normal", "tumour"],
+        "loader": {
+            "type": "filename_label",
+            "root": "pcam",
+            "pattern": r"_(?P<label>[01])\.png$",
+            "label_values": {"0": 0, "1": 1},
+            "extensions": [".png"],
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("key", sorted(LAYOUTS))
+def test_every_loader_layout(key, tmp_path):
+    materialize(LAYOUTS[key], tmp_path)
+    dataset = catalog_dataset(key, LAYOUTS[key], tmp_path)
+    assert len(dataset.samples) == PER_CLASS * len(dataset.classes)
+    assert sorted(s.label for s in dataset.samples) == sorted(c for c in range(len(dataset.classes)) for _ in "abc")
+    assert all(s.image.is_file() for s in dataset.samples)
+
+
+def test_the_catalog_describes_readable_layouts(tmp_path):
+    catalog = load_catalog()
+    assert len(catalog) == 21
+    for key, entry in catalog.items():
+        materialize(entry, tmp_path / key, per_class=1)
+        dataset = catalog_dataset(key, entry, tmp_path / key)
+        assert sorted(s.label for s in dataset.samples) == list(range(len(entry["classes"]))), key
+
+
+def test_missing_data_and_bad_labels_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="rsna.csv does not exist"):
+        catalog_dataset("rsna-like", LAYOUTS["rsna-like"], tmp_path)
+    materialize(LAYOUTS["acl-like"], tmp_path)
+    wrong = json.loads(json.dumps(LAYOUTS["acl-like"]))
+    wrong["loader"]["label_values"] = {"no": 0}
+    with pytest.raises(ValueError, match="label 'yes' is not one of \\['no'\\]"):
+        catalog_dataset("acl-like", wrong, tmp_path)
+
+
+def test_generic_loaders(tmp_path):
+    for c, name in enumerate(["effusion", "normal"]):
+        for j in range(2):
+            write_image(tmp_path / "folder" / name / f"{j}.png", 10 * c + j)
+    folder = image_folder_dataset(tmp_path / "folder")
+    assert folder.classes == ["effusion", "normal"] and [s.label for s in folder.samples] == [0, 0, 1, 1]
+
+    with open(tmp_path / "folder" / "labels.csv", "w") as handle:
+        handle.write("path,label\neffusion/0.png,effusion\nnormal/1.png,normal\n")
+    table = csv_dataset(tmp_path / "folder" / "labels.csv")
+    assert table.classes == ["effusion", "normal"] and table.samples[1].image == tmp_path / "folder/normal/1.png"
+
+    hub_like = hf_dataset(str(tmp_path / "folder"), split="train")
+    assert hub_like.classes == ["effusion", "normal"] and len(hub_like.samples) == 4
+    assert isinstance(hub_like.samples[0].image, Image.Image)
+    with pytest.raises(ValueError, match="no column 'diagnosis'"):
+        hf_dataset(str(tmp_path / "folder"), split="train", label_column="diagnosis")
+
+
+def test_metrics_by_hand():
+    import evaluate
+
+    metric = evaluate.load(METRIC_MODULE)
+    scores = [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]
+    # Predictions 0, 1, 0, 1 against 0, 1, 1, 0. AUC from the differences -0.8, 0.6, -0.2, 0.4: of the positive-
+    # negative pairs (0.6, -0.8), (0.6, 0.4), (-0.2, -0.8), (-0.2, 0.4) three are ordered correctly.
+    result = metric.compute(predictions=scores, references=[0, 1, 1, 0])
+    assert result["accuracy"] == 50 and result["balanced_accuracy"] == 50 and result["auc"] == 75
+    assert result["confusion_matrix"] == [[1, 1], [1, 1]]
+
+    scores = [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.3, 0.3, 0.4]]
+    result = metric.compute(predictions=scores, references=[0, 1, 2, 2, 0])
+    # Predictions 0, 1, 1, 2, 2: accuracy 3/5; recalls 1/2, 1/1, 1/2 -> balanced 2/3.
+    # One-vs-rest AUCs: class 0 scores (0.7, 0.3) vs (0.1, 0.2, 0.1): 1; class 1 0.6 vs (0.2, 0.5, 0.2, 0.3): 1;
+    # class 2 (0.3, 0.7) vs (0.1, 0.3, 0.4): (0.5 + 0 + 0 ... ) -> pairs 0.3>0.1, 0.3=0.3 (half), 0.3<0.4,
+    # 0.7 beats all three: (1 + 0.5 + 0 + 3) / 6 = 0.75. Macro mean (1 + 1 + 0.75) / 3.
+    assert result["accuracy"] == pytest.approx(60)
+    assert result["balanced_accuracy"] == pytest.approx(200 / 3)
+    assert result["auc"] == pytest.approx(100 * 2.75 / 3)
+    assert result["per_class_recall"] == [50, 100, 50] and result["support"] == [2, 1, 2]
+
+
+def test_retrieval_recall_on_a_known_similarity():
+    # Image i's caption is column i. Image 0: rank 1; image 1: its caption is third; image 2: second.
+    similarity = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.2, 0.6], [0.1, 0.8, 0.7]])
+    recalls = retrieval_recalls(similarity)
+    assert recalls["image_to_text_R@1"] == pytest.approx(100 / 3)
+    assert recalls["image_to_text_R@5"] == 100
+    # Columns: caption 0 -> image 0 best; caption 1 -> image 2 best, then 1; caption 2 -> image 2 best.
+    assert recalls["text_to_image_R@1"] == pytest.approx(200 / 3)
+
+
+def test_linear_probe_on_separable_features():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 10)
+    features = np.eye(3)[labels] * 5 + rng.normal(scale=0.1, size=(30, 3))
+    result = few_shot_accuracy(features, labels, shots=2, seeds=[0, 1])
+    assert result["mean"] == 100 and result["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="more than 10 images in every class"):
+        few_shot_accuracy(features, labels, shots=10, seeds=[0])
+
+
+@pytest.fixture(scope="module")
+def tiny(model_dir):
+    return UniMedCLIPModel.from_pretrained(model_dir).eval(), UniMedCLIPProcessor.from_pretrained(model_dir)
+
+
+def test_class_embeddings_are_cached_and_invalidated(tiny, tmp_path, monkeypatch):
+    evaluator = Evaluator(*tiny, cache_dir=tmp_path)
+    prompts = {"pneumonia": ["chest x-ray showing pneumonia"], "normal": ["normal chest x-ray", "no findings"]}
+    first = evaluator.text_class_embeddings(prompts)
+    assert len(list(tmp_path.glob("text-*.pt"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr("modeling_unimedclip.evaluation.evaluator.class_embeddings", fail)
+    assert torch.equal(evaluator.text_class_embeddings(prompts), first)
+    monkeypatch.setattr("modeling_unimedclip.evaluation.evaluator.class_embeddings", zero_shot_module.class_embeddings)
+    changed = evaluator.text_class_embeddings({**prompts, "normal": ["normal chest x-ray"]})
+    assert len(list(tmp_path.glob("text-*.pt"))) == 2 and not torch.equal(changed, first)
+
+
+def test_class_without_prompts_is_a_clear_error(tiny, tmp_path):
+    materialize(LAYOUTS["folders-like"], tmp_path)
+    dataset = catalog_dataset("folders-like", LAYOUTS["folders-like"], tmp_path)
+    with pytest.raises(ValueError, match=r"folders-like: no prompts for the class\(es\) \['benign'\]"):
+        Evaluator(*tiny).zero_shot(dataset, {"aca": ["adenocarcinoma"]})
+
+
+def test_cli_end_to_end(model_dir, tmp_path, tiny, monkeypatch, capsys):
+    catalog = {key: LAYOUTS[key] for key in ("acl-like", "folders-like", "ct-like")}
+    for key in ("acl-like", "folders-like"):
+        materialize(LAYOUTS[key], tmp_path / "data")
+    (tmp_path / "data" / "lc" / "colon_n" / "broken.png").write_bytes(b"not a png")
+    prompts = {
+        key: {name: [f"an image of {name}", f"{name} tissue"] for name in entry["classes"]}
+        for key, entry in catalog.items()
+    }
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    monkeypatch.setattr(evaluate_zero_shot, "load_catalog", lambda: catalog)
+
+    report = evaluate_zero_shot.main(
+        [
+            "--model",
+            str(model_dir),
+            "--data-root",
+            str(tmp_path / "data"),
+            "--prompts",
+            str(tmp_path / "prompts.json"),
+            "--output",
+            str(tmp_path / "out"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--num-workers",
+            "0",
+        ]
+    )
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(report["results"]))
+    assert set(saved["results"]) == {"acl-like", "folders-like"}
+    assert "ct-like" in saved["skipped"] and "annotations.csv does not exist" in saved["skipped"]["ct-like"]
+    acl, folders = saved["results"]["acl-like"], saved["results"]["folders-like"]
+    assert acl["value"] == acl["auc"] and folders["value"] == folders["accuracy"]
+    assert (
+        folders["unreadable"] == 1
+        and folders["images"] == 6
+        and folders["unreadable_examples"][0].endswith("broken.png")
+    )
+    assert saved["summary"]["average"] == pytest.approx((acl["value"] + folders["value"]) / 2)
+    assert set(saved["summary"]["modalities"]) == {"mri", "pathology"}
+    assert "| **mean (2 datasets)** |" in (tmp_path / "out" / "results.md").read_text()
+
+    # The accuracy equals an independent computation: argmax of cosine similarity to prompt-mean embeddings.
+    model, processor = tiny
+    dataset = catalog_dataset("folders-like", LAYOUTS["folders-like"], tmp_path / "data")
+    readable = [s for s in dataset.samples if s.image.name != "broken.png"]
+    with torch.no_grad():
+        outputs = model(
+            **processor(text=sum(prompts["folders-like"].values(), []), images=[s.image for s in readable])
+        )
+    classes = torch.nn.functional.normalize(outputs.text_embeds.reshape(2, 2, -1).mean(1), dim=-1)
+    predicted = (outputs.image_embeds @ classes.T).argmax(-1)
+    expected = 100 * (predicted == torch.tensor([s.label for s in readable])).float().mean().item()
+    assert folders["accuracy"] == pytest.approx(expected)
+
+    # model-index round trip: the JSON's entries render into a card and parse back to the same numbers.
+    card = ModelCardData(model_name="unimed-clip-tiny", eval_results=eval_results(saved["results"]))
+    name, parsed = model_index_to_eval_results(card.to_dict()["model-index"])
+    assert name == "unimed-clip-tiny"
+    assert {(r.dataset_type, r.metric_type, r.metric_value) for r in parsed} == {
+        ("acl-like", "roc_auc", round(acl["value"], 2)),
+        ("folders-like", "accuracy", round(folders["value"], 2)),
+    }
+    assert saved["model_index"][0]["metric_value"] == round(acl["value"], 2)
+
+
+def test_cli_retrieval_and_linear_probe(model_dir, tmp_path, capsys):
+    rows = ["path,caption"]
+    for index, image in enumerate(images(4)):
+        image.save(tmp_path / f"{index}.png")
+        rows.append(f"{index}.png,chest x-ray number {index}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    common = ["--model", str(model_dir), "--output", str(tmp_path / "out"), "--num-workers", "0"]
+    report = evaluate_zero_shot.main([*common, "--task", "retrieval", "--csv", str(tmp_path / "pairs.csv")])
+    recalls = report["results"]["retrieval"]
+    assert recalls["pairs"] == 4 and recalls["image_to_text_R@5"] == 100 and recalls["text_to_image_R@10"] == 100
+
+    for c, name in enumerate(["a", "b"]):
+        for j in range(4):
+            write_image(tmp_path / "folder" / name / f"{j}.png", 100 * c + j)
+    report = evaluate_zero_shot.main(
+        [
+            *common,
+            "--task",
+            "linear-probe",
+            "--image-folder",
+            str(tmp_path / "folder"),
+            "--shots",
+            "1,2",
+            "--seeds",
+            "0,1",
+        ]
+    )
+    probe = report["results"]["folder"]
+    assert set(probe) == {"1", "2"} and 0 <= probe["2"]["mean"] <= 100 and probe["1"]["seeds"] == [0, 1]
