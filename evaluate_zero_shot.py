@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     data.add_argument("--hf-dataset", help="Hugging Face dataset name or directory.")
     data.add_argument("--split", default="test")
+    data.add_argument("--streaming", action="store_true", help="Stream --hf-dataset instead of downloading it first.")
     data.add_argument("--path-column", default="path")
     data.add_argument("--image-column", default="image")
     data.add_argument("--label-column", default="label")
@@ -85,7 +86,7 @@ def own_dataset(args: argparse.Namespace):
         return image_folder_dataset(args.image_folder)
     if args.csv is not None:
         return csv_dataset(args.csv, args.path_column, args.label_column)
-    return hf_dataset(args.hf_dataset, args.split, args.image_column, args.label_column)
+    return hf_dataset(args.hf_dataset, args.split, args.image_column, args.label_column, args.streaming)
 
 
 def datasets_to_run(args: argparse.Namespace, skipped: dict):

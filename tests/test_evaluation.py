@@ -247,9 +247,11 @@ def test_generic_loaders(tmp_path):
     table = csv_dataset(tmp_path / "folder" / "labels.csv")
     assert table.classes == ["effusion", "normal"] and table.samples[1].image == tmp_path / "folder/normal/1.png"
 
-    hub_like = hf_dataset(str(tmp_path / "folder"), split="train")
-    assert hub_like.classes == ["effusion", "normal"] and len(hub_like.samples) == 4
-    assert isinstance(hub_like.samples[0].image, Image.Image)
+    for streaming in (False, True):
+        hub_like = hf_dataset(str(tmp_path / "folder"), split="train", streaming=streaming)
+        assert hub_like.classes == ["effusion", "normal"] and len(hub_like.samples) == 4
+        assert isinstance(hub_like.samples[0].image, Image.Image)
+        assert sorted(s.label for s in hub_like.samples) == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="no column 'diagnosis'"):
         hf_dataset(str(tmp_path / "folder"), split="train", label_column="diagnosis")
 

@@ -76,19 +76,30 @@ def csv_dataset(file: Path, path_column: str = "path", label_column: str = "labe
     return EvalDataset(key or file.stem, None, "accuracy", classes, samples)
 
 
-def hf_dataset(name_or_path: str, split: str = "test", image_column: str = "image", label_column: str = "label"):
-    """Any Hugging Face dataset with an image and a class-label column (streaming is not needed for evaluation)."""
+def hf_dataset(
+    name_or_path: str,
+    split: str = "test",
+    image_column: str = "image",
+    label_column: str = "label",
+    streaming: bool = False,
+) -> EvalDataset:
+    """Any Hugging Face dataset with an image and a class-label column; `streaming` reads it without downloading
+    it whole first. Labels that are not a `ClassLabel` become classes in sorted order."""
     import datasets
 
-    dataset = datasets.load_dataset(name_or_path, split=split)
+    dataset = datasets.load_dataset(name_or_path, split=split, streaming=streaming)
+    columns = list(dataset.features) if dataset.features is not None else []
     for column in (image_column, label_column):
-        if column not in dataset.column_names:
-            raise ValueError(f"{name_or_path} has no column {column!r}; columns: {dataset.column_names}.")
+        if column not in columns:
+            raise ValueError(f"{name_or_path} has no column {column!r}; columns: {columns}.")
+    rows = [(row[image_column], row[label_column]) for row in dataset]
     feature = dataset.features[label_column]
-    classes = feature.names if isinstance(feature, datasets.ClassLabel) else sorted(set(dataset[label_column]))
-    to_index = (lambda label: label) if isinstance(feature, datasets.ClassLabel) else classes.index
-    samples = [Sample(row[image_column], to_index(row[label_column])) for row in dataset]
-    return EvalDataset(name_or_path.rstrip("/").split("/")[-1], None, "accuracy", list(classes), samples)
+    if isinstance(feature, datasets.ClassLabel):
+        classes, samples = feature.names, [Sample(image, label) for image, label in rows]
+    else:
+        classes = sorted({label for _, label in rows})
+        samples = [Sample(image, classes.index(label)) for image, label in rows]
+    return EvalDataset(name_or_path.rstrip("/").split("/")[-1], None, "accuracy", [str(c) for c in classes], samples)
 
 
 def csv_pairs(file: Path, path_column: str = "path", caption_column: str = "caption") -> tuple[list[Path], list[str]]:
