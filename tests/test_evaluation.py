@@ -4,6 +4,7 @@ the CLI's outputs and the model-index round trip."""
 import csv
 import json
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import evaluate_zero_shot
 from modeling_unimedclip import UniMedCLIPModel, UniMedCLIPProcessor
 from modeling_unimedclip import zero_shot as zero_shot_module
 from modeling_unimedclip.evaluation import (
+    DEFAULT_PROMPTS,
     Evaluator,
     catalog_dataset,
     csv_dataset,
@@ -225,6 +227,27 @@ def test_the_catalog_describes_readable_layouts(tmp_path):
         assert sorted(s.label for s in dataset.samples) == list(range(len(entry["classes"]))), key
 
 
+def test_catalog_and_shipped_prompts():
+    catalog, prompts = load_catalog(), json.loads(DEFAULT_PROMPTS.read_text())
+    auc = {key for key, entry in catalog.items() if entry["metric"] == "auc"}
+    assert auc == {"acl_mri", "meniscal_mri", "thyroid_us", "breast_us", "refuge_retina"}
+    assert Counter(entry["modality"] for entry in catalog.values()) == {
+        "xray": 2,
+        "ct": 3,
+        "mri": 2,
+        "ultrasound": 2,
+        "fundus": 4,
+        "pathology": 8,
+    }
+    assert len(catalog["skin_cancer"]["classes"]) == 16 and len(catalog["NCK_CRC"]["classes"]) == 8
+    assert list(prompts) == list(catalog)
+    for key, entry in catalog.items():
+        assert list(prompts[key]) == entry["classes"], key
+        for name, texts in prompts[key].items():
+            assert 4 <= len(texts) <= 10 and len(set(texts)) == len(texts), (key, name)
+            assert all(text.strip() for text in texts), (key, name)
+
+
 def test_missing_data_and_bad_labels_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="rsna.csv does not exist"):
         catalog_dataset("rsna-like", LAYOUTS["rsna-like"], tmp_path)
@@ -423,3 +446,17 @@ def test_cli_retrieval_and_linear_probe(model_dir, tmp_path, capsys):
     )
     probe = report["results"]["folder"]
     assert set(probe) == {"1", "2"} and 0 <= probe["2"]["mean"] <= 100 and probe["1"]["seeds"] == [0, 1]
+
+
+def test_cli_on_the_real_catalog_and_prompts(model_dir, tmp_path):
+    catalog = load_catalog()
+    for key in ("acl_mri", "PCAM", "five_retina"):
+        materialize(catalog[key], tmp_path / "data", per_class=2)
+    common = ["--model", str(model_dir), "--data-root", str(tmp_path / "data"), "--num-workers", "0"]
+    report = evaluate_zero_shot.main(
+        [*common, "--output", str(tmp_path / "out"), "--datasets", "acl_mri", "PCAM", "five_retina", "BACH"]
+    )
+    assert set(report["results"]) == {"acl_mri", "PCAM", "five_retina"} and set(report["skipped"]) == {"BACH"}
+    assert report["results"]["acl_mri"]["metric"] == "auc" and report["results"]["PCAM"]["images"] == 4
+    with pytest.raises(SystemExit, match="Unknown dataset"):
+        evaluate_zero_shot.main([*common, "--datasets", "imagenet"])
