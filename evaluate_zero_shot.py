@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         dtype=DTYPES[args.dtype],
         cache_dir=args.cache_dir,
     )
+    args.output.mkdir(parents=True, exist_ok=True)
     report = {"config": {key: str(value) for key, value in vars(args).items()}, "results": {}, "skipped": {}}
 
     if args.task == "retrieval":
@@ -142,13 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
             report["summary"] = summarize(report["results"])
             report["model_index"] = [asdict(result) for result in eval_results(report["results"])]
             table = markdown_table(report["results"], report["summary"])
-            (args.output / "results.md").parent.mkdir(parents=True, exist_ok=True)
             (args.output / "results.md").write_text(table)
             print(table)
         else:
             print(json.dumps(report["results"], indent=2))
 
-    args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"Wrote {args.output / 'results.json'}")
     return report

@@ -68,9 +68,7 @@ def csv_dataset(file: Path, path_column: str = "path", label_column: str = "labe
     """A CSV with a header, one image per row; paths relative to the CSV's folder; classes in sorted label order."""
     file = Path(file)
     rows = _read_csv(file, header=True, index_column=False)
-    for column in (path_column, label_column):
-        if column not in rows[0]:
-            raise ValueError(f"{file} has no column {column!r}; columns: {list(rows[0])}.")
+    _require_columns(file, [path_column, label_column], list(rows[0]))
     classes = sorted({row[label_column] for row in rows})
     samples = [Sample(file.parent / row[path_column], classes.index(row[label_column])) for row in rows]
     return EvalDataset(key or file.stem, None, "accuracy", classes, samples)
@@ -88,10 +86,7 @@ def hf_dataset(
     import datasets
 
     dataset = datasets.load_dataset(name_or_path, split=split, streaming=streaming)
-    columns = list(dataset.features) if dataset.features is not None else []
-    for column in (image_column, label_column):
-        if column not in columns:
-            raise ValueError(f"{name_or_path} has no column {column!r}; columns: {columns}.")
+    _require_columns(name_or_path, [image_column, label_column], list(dataset.features or []))
     rows = [(row[image_column], row[label_column]) for row in dataset]
     feature = dataset.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
@@ -106,9 +101,7 @@ def csv_pairs(file: Path, path_column: str = "path", caption_column: str = "capt
     """Image-caption pairs from a CSV with a header; paths relative to the CSV's folder."""
     file = Path(file)
     rows = _read_csv(file, header=True, index_column=False)
-    for column in (path_column, caption_column):
-        if column not in rows[0]:
-            raise ValueError(f"{file} has no column {column!r}; columns: {list(rows[0])}.")
+    _require_columns(file, [path_column, caption_column], list(rows[0]))
     return [file.parent / row[path_column] for row in rows], [row[caption_column] for row in rows]
 
 
@@ -117,9 +110,7 @@ def hf_pairs(name_or_path: str, split: str = "test", image_column: str = "image"
     import datasets
 
     dataset = datasets.load_dataset(name_or_path, split=split)
-    for column in (image_column, caption_column):
-        if column not in dataset.column_names:
-            raise ValueError(f"{name_or_path} has no column {column!r}; columns: {dataset.column_names}.")
+    _require_columns(name_or_path, [image_column, caption_column], dataset.column_names)
     return dataset[image_column], dataset[caption_column]
 
 
@@ -148,6 +139,12 @@ def collate(batch: list) -> tuple[torch.Tensor | None, torch.Tensor, list[int]]:
     if not readable:
         return None, torch.empty(0, dtype=torch.long), failed
     return torch.stack([item[0] for item in readable]), torch.tensor([item[1] for item in readable]), failed
+
+
+def _require_columns(source, required: list[str], available: list[str]) -> None:
+    for column in required:
+        if column not in available:
+            raise ValueError(f"{source} has no column {column!r}; columns: {available}.")
 
 
 def _read_csv(file: Path, header: bool, index_column: bool) -> list:
