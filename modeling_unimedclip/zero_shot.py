@@ -31,11 +31,21 @@ def expand_labels(labels: list[str], modality: str | None = None) -> dict[str, l
 
 
 @torch.no_grad()
+def text_embeddings(model, processor, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """(texts, dim) normalised text embeddings, float32, computed in batches."""
+    embeddings = []
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start : start + batch_size]
+        inputs = processor(text=batch, padding=True, truncation=True, return_tensors="pt").to(model.device)
+        embeddings.append(F.normalize(model.get_text_features(**inputs).pooler_output.float(), dim=-1))
+    return torch.cat(embeddings)
+
+
+@torch.no_grad()
 def class_embeddings(model, processor, prompts: dict[str, list[str]]) -> torch.Tensor:
     """(classes, dim): per class, the renormalised mean of its normalised prompt embeddings."""
     texts = [text for class_prompts in prompts.values() for text in class_prompts]
-    inputs = processor(text=texts, padding=True, truncation=True, return_tensors="pt").to(model.device)
-    embeddings = F.normalize(model.get_text_features(**inputs).pooler_output.float(), dim=-1)
+    embeddings = text_embeddings(model, processor, texts)
     per_class = torch.split(embeddings, [len(class_prompts) for class_prompts in prompts.values()])
     return F.normalize(torch.stack([class_embeds.mean(dim=0) for class_embeds in per_class]), dim=-1)
 
@@ -75,6 +85,7 @@ __all__ = [
     "TEMPLATES",
     "class_embeddings",
     "expand_labels",
+    "text_embeddings",
     "image_embeddings",
     "image_probabilities",
     "volume_probabilities",

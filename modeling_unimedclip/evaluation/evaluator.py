@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from huggingface_hub import EvalResult
 from tqdm.auto import tqdm
 
-from ..zero_shot import class_embeddings
+from ..zero_shot import class_embeddings, text_embeddings
 from .data import EvalDataset, ImageDataset, Sample, collate
 
 METRIC_MODULE = str(Path(__file__).parent / "metrics" / "unimed_zero_shot")
@@ -44,10 +44,6 @@ class Evaluator:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.metric = evaluate.load(METRIC_MODULE)
         self._fingerprint = None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def zero_shot(self, dataset: EvalDataset, prompts: dict[str, list[str]]) -> dict:
         """The paper protocol: cosine similarity to each class prompt-ensemble embedding, argmax, catalog metric."""
@@ -112,13 +108,13 @@ class Evaluator:
             collate_fn=collate,
         )
         embeds, labels, unreadable = [], [], []
-        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        autocast = torch.autocast(self.model.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         with tqdm(total=len(samples), desc=description, unit="img", leave=False) as progress:
             for pixel_values, batch_labels, failed in loader:
                 unreadable += failed
                 if pixel_values is not None:
                     with autocast:
-                        features = self.model.get_image_features(pixel_values=pixel_values.to(self.device))
+                        features = self.model.get_image_features(pixel_values=pixel_values.to(self.model.device))
                     embeds.append(F.normalize(features.pooler_output.float(), dim=-1).cpu())
                     labels.append(batch_labels)
                 progress.update(len(batch_labels) + len(failed))
@@ -126,15 +122,8 @@ class Evaluator:
             return torch.empty(0), torch.empty(0, dtype=torch.long), unreadable
         return torch.cat(embeds), torch.cat(labels), unreadable
 
-    @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
-        embeds = []
-        for start in range(0, len(texts), self.batch_size):
-            inputs = self.processor(
-                text=texts[start : start + self.batch_size], padding=True, truncation=True, return_tensors="pt"
-            ).to(self.device)
-            embeds.append(F.normalize(self.model.get_text_features(**inputs).pooler_output.float(), dim=-1).cpu())
-        return torch.cat(embeds)
+        return text_embeddings(self.model, self.processor, texts, self.batch_size).cpu()
 
     def retrieval(self, images: list, captions: list[str], key: str = "retrieval") -> dict:
         """Image-to-text and text-to-image recall@1/5/10 (percent) for image-caption pairs (one caption each)."""
