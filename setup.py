@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0 (code); model weights cc-by-nc-4.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_unimedclip", "modeling_unimedclip.*"]),
+    packages=find_packages(include=["modeling_unimedclip", "modeling_unimedclip.*", "dataset_scripts"]),
     package_data={
         "modeling_unimedclip": [
             "prompt_templates.json",
@@ -35,9 +35,14 @@ setup(
         "evaluate>=0.4",
         "scikit-learn>=1.3",
         "tqdm>=4.66",
+        "datasets>=4.0",
+        "accelerate>=1.10",
+        "torchdata>=0.11",
+        "tensorboard>=2.15",
+        "pyyaml>=6.0",
     ],
     extras_require={
         # open_clip_torch is the independent reference implementation for the parity tests and benchmarks.
-        "dev": ["pytest>=8", "open_clip_torch==3.3.0", "torchvision", "timm"],
+        "dev": ["pytest>=8", "open_clip_torch==3.3.0", "torchvision", "timm", "webdataset>=0.2", "ruff"],
     },
 )

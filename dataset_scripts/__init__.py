@@ -1,0 +1,1 @@
+"""Builders that turn the raw UniMed sources and annotation files into Hub-ready WebDataset shards."""
