@@ -18,7 +18,8 @@ setup(
             "evaluation/catalog.json",
             "evaluation/prompts/*.json",
             "evaluation/metrics/*/*.py",
-        ]
+        ],
+        "dataset_scripts": ["dataset_card_template.md", "caption_prompts.json"],
     },
     entry_points={"console_scripts": ["unimedclip = modeling_unimedclip.cli:main"]},
     install_requires=[
