@@ -1,0 +1,156 @@
+"""Reads a classification dataset as (image path, labels) pairs: an image folder, a CSV or a Hugging Face dataset."""
+
+import ast
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"})
+POSITIVE_VALUES = frozenset({"1", "1.0", "true", "yes"})
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: str
+    labels: tuple[str, ...]
+
+    @property
+    def label_set(self) -> tuple[str, ...]:
+        """The labels in sorted order: captions are generated once per label set, whatever the order in the source."""
+        return tuple(sorted(self.labels))
+
+
+def parse_labels(value: object) -> tuple[str, ...]:
+    """One cell of labels: `Edema`, `Cardiomegaly|Edema`, `['Cardiomegaly', 'Edema']`, a list, or empty."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, (list, tuple)):
+        items = value
+    elif isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            items = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as error:
+            raise ValueError(f"cannot parse the label list {value!r}") from error
+        if not isinstance(items, list):
+            raise ValueError(f"cannot parse the label list {value!r}")
+    elif isinstance(value, str):
+        items = value.split("|")
+    else:
+        raise ValueError(f"labels must be text or a list of text, got {value!r}")
+    return tuple(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+
+
+def read_image_folder(root: Path) -> list[LabelledImage]:
+    """Images under `root`, labelled by the folder that holds them (`root/<class>/x.png`, `root/CT/<class>/x.png`)."""
+    images = []
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.parent == root:
+            raise ValueError(f"{path} lies directly in {root}: an image folder needs one subfolder per class")
+        images.append(LabelledImage(path.relative_to(root).as_posix(), (path.parent.name,)))
+    return images
+
+
+def _require_columns(source: str, available: list[str], wanted: list[str]) -> None:
+    missing = [column for column in wanted if column not in available]
+    if missing:
+        raise ValueError(f"{source} has no column {', '.join(map(repr, missing))}; its columns are {available}")
+
+
+def read_csv(
+    path: Path, path_column: str, label_columns: list[str], onehot_columns: list[str] | None = None
+) -> list[LabelledImage]:
+    """Rows of a CSV. Labels come from `label_columns` (each a label, a `|`-separated or a Python-style list) or, with
+    `onehot_columns`, from the names of those columns whose value is 1 (CheXpert style; -1, 0 and blank are not)."""
+    with path.open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        columns = list(reader.fieldnames or [])
+        _require_columns(str(path), columns, [path_column, *(onehot_columns or label_columns)])
+        images = []
+        for row_number, row in enumerate(reader, 2):
+            if onehot_columns:
+                labels = tuple(c for c in onehot_columns if (row[c] or "").strip().lower() in POSITIVE_VALUES)
+            else:
+                try:
+                    labels = tuple(dict.fromkeys(label for c in label_columns for label in parse_labels(row[c])))
+                except ValueError as error:
+                    raise ValueError(f"{path}:{row_number}: {error}") from error
+            images.append(LabelledImage(row[path_column], labels))
+    return images
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """A folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+
+
+def read_hf_dataset(name: str, split: str, label_columns: list[str] | None = None) -> list[LabelledImage]:
+    """A Hub dataset, a local dataset directory or a `save_to_disk` folder. Labels come from `label_columns`, else from
+    every ClassLabel (or list of ClassLabel) column, else from a `label`/`labels` column."""
+    import datasets
+    from tqdm import tqdm
+
+    if _is_saved_dataset(Path(name)):
+        dataset = datasets.load_from_disk(name)
+    else:
+        dataset = datasets.load_dataset(name, split=split)
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"{name} has no split {split!r}; its splits are {list(dataset)}")
+        dataset = dataset[split]
+    features = dataset.features
+
+    def is_class_label(feature: object) -> bool:
+        return isinstance(feature, datasets.ClassLabel) or (
+            isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.ClassLabel)
+        )
+
+    if not label_columns:
+        label_columns = [c for c, f in features.items() if is_class_label(f)] or [
+            c for c in ("label", "labels") if c in features
+        ]
+        if not label_columns:
+            raise ValueError(
+                f"{name} has no ClassLabel or label column; pass --label-column (columns: {list(features)})"
+            )
+    _require_columns(name, list(features), label_columns)
+    image_column = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+    columns = label_columns + [image_column] if image_column else label_columns
+    dataset = dataset.select_columns(columns)
+    if image_column:  # the stored file name is all we need: skip decoding
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+
+    def names(column: str, value: object) -> tuple[str, ...]:
+        feature = features[column]
+        if isinstance(feature, datasets.ClassLabel):
+            return (feature.int2str(value),)
+        if is_class_label(feature):
+            return tuple(feature.feature.int2str(v) for v in value)
+        return parse_labels(value)
+
+    images = []
+    for index, row in enumerate(tqdm(dataset, desc=f"reading {name}", unit="row")):
+        stored_path = row[image_column]["path"] if image_column else None
+        labels = tuple(dict.fromkeys(label for column in label_columns for label in names(column, row[column])))
+        images.append(LabelledImage(stored_path or f"{split}/{index}", labels))
+    return images
+
+
+def load_labelled_images(
+    dataset: str,
+    split: str = "train",
+    path_column: str = "path",
+    label_columns: list[str] | None = None,
+    onehot_columns: list[str] | None = None,
+) -> list[LabelledImage]:
+    """Dispatches on `dataset`: a `.csv` file, a folder of class subfolders, or else a Hugging Face dataset."""
+    local = Path(dataset)
+    if local.suffix.lower() == ".csv":
+        if not local.is_file():
+            raise FileNotFoundError(f"no CSV file at {local}")
+        return read_csv(local, path_column, label_columns or ["label"], onehot_columns)
+    if local.is_dir() and not _is_saved_dataset(local):
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in local.rglob("*")):
+            return read_image_folder(local)
+    return read_hf_dataset(dataset, split, label_columns)
