@@ -15,6 +15,7 @@ setup(
     package_data={
         "modeling_unimedclip": [
             "prompt_templates.json",
+            "model_card_template.md",
             "evaluation/catalog.json",
             "evaluation/prompts/*.json",
             "evaluation/metrics/*/*.py",

@@ -15,8 +15,9 @@ from transformers import AutoTokenizer, BertConfig
 from transformers import initialization as init
 
 from .configuration_unimedclip import VARIANTS
-from .hub import push_folder_to_hub
+from .hub import publish_model
 from .image_processing_unimedclip import UniMedCLIPImageProcessor
+from .model_card import ORIGINAL_CHECKPOINTS, RELEASE_NAMESPACE, model_card_for_directory
 from .modeling_unimedclip import UniMedCLIPModel
 from .original_format import check_variant, infer_config, load_original_checkpoint, open_clip_to_hf
 from .processing_unimedclip import CONTEXT_LENGTH, UniMedCLIPProcessor
@@ -97,9 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     model.save_pretrained(args.output)
     processor.save_pretrained(args.output)
-    print(f"Converted {args.checkpoint} ({model.num_parameters():,} parameters) to {args.output}")
+    repo_id = args.push_to_hub or f"{RELEASE_NAMESPACE}/{args.output.name}"
+    card = model_card_for_directory(
+        args.output, repo_id=repo_id, converted_from=ORIGINAL_CHECKPOINTS.get(args.variant)
+    )
+    card.save(args.output / "README.md")
+    print(f"Converted {args.checkpoint} ({model.num_parameters():,} parameters) to {args.output}, with its card")
     if args.push_to_hub:
-        print(f"Uploaded: {push_folder_to_hub(args.output, args.push_to_hub)}")
+        print(f"Uploaded: {publish_model(args.output, args.push_to_hub)}")
 
 
 if __name__ == "__main__":

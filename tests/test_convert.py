@@ -157,6 +157,7 @@ def test_cli_converts_and_pushes_to_the_hub(checkpoint, tmp_path, tiny_bert_dir,
     assert {"model.safetensors", "config.json", "processor_config.json", "tokenizer_config.json"} <= files
     assert {"configuration_unimedclip.py", "modeling_unimedclip.py", "processing_unimedclip.py"} <= files
     assert not any(name.endswith((".bin", ".pt")) for name in files)
+    assert "license: cc-by-nc-4.0" in (output / "README.md").read_text()  # our card, not transformers' generic one
     assert api.calls[0] == (
         "create_repo",
         "org/unimed-clip-tiny",
