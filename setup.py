@@ -37,7 +37,7 @@ setup(
         "evaluate>=0.4",
         "scikit-learn>=1.3",
         "tqdm>=4.66",
-        "datasets>=4.0",
+        "datasets>=5.2",
         "accelerate>=1.10",
         "torchdata>=0.11",
         "tensorboard>=2.15",

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import random
 import tarfile
 from collections import Counter
 from collections.abc import Iterable
@@ -77,6 +78,9 @@ def plan_shards(source: str, root: Path, samples: list[RawSample], settings: Bui
                 f"{source} has {len(group)} {modality} samples, fewer than --shard-multiple "
                 f"{settings.shard_multiple}: lower the multiple so no shard is empty."
             )
+        # Annotation files list a patient's or a paper's images together, and the loader reads shards without a
+        # shuffle buffer (so that resume is exact): shuffle once here, with a fixed seed so rebuilds are identical.
+        random.Random(f"{source}/{modality}").shuffle(group)
         count = settings.shard_multiple * math.ceil(len(group) / (settings.shard_size * settings.shard_multiple))
         for index in range(count):
             shard_samples = group[index * len(group) // count : (index + 1) * len(group) // count]

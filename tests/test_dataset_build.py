@@ -331,7 +331,12 @@ def test_plan_spreads_samples_over_a_multiple_of_shards():
     samples = [RawSample("rocov2", f"{index}.jpg", ["c"]) for index in range(37)]
     tasks = plan_shards("rocov2", Path("."), samples, BuildSettings(shard_size=4, shard_multiple=4))
     assert len(tasks) == 12 and {len(task.samples) for task in tasks} == {3, 4}
-    assert [sample.path for task in tasks for _, sample in task.samples] == [f"{index}.jpg" for index in range(37)]
+    planned = [sample.path for task in tasks for _, sample in task.samples]
+    # Every sample once, shuffled across shards (annotation files group a patient's images), the same every time.
+    assert sorted(planned) == sorted(f"{index}.jpg" for index in range(37))
+    assert planned != [f"{index}.jpg" for index in range(37)]
+    again = plan_shards("rocov2", Path("."), samples, BuildSettings(shard_size=4, shard_multiple=4))
+    assert [sample.path for task in again for _, sample in task.samples] == planned
     assert tasks[0].path == "data/mixed/rocov2-00000-of-00012.tar"
     with pytest.raises(ValueError, match="fewer than --shard-multiple"):
         plan_shards("rocov2", Path("."), samples[:3], BuildSettings(shard_multiple=4))
