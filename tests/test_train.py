@@ -1,0 +1,432 @@
+"""train.py and modeling_unimedclip.training: recipe, configuration, checkpoints, resume, failures, final model."""
+
+import importlib.util
+import io
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from conftest import tiny_config
+from datasets import DatasetInfo, SplitDict, SplitInfo
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCard, DatasetCardData
+from PIL import Image
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModel, pipeline
+
+from modeling_unimedclip import UniMedCLIPModel
+from modeling_unimedclip.training import checkpointing, loss
+from modeling_unimedclip.training.checkpointing import CheckpointWriteError
+from modeling_unimedclip.training.config import PRESETS, ConfigurationError, build_config, parse_args
+from modeling_unimedclip.training.optim import build_scheduler, lr_factor, parameter_groups
+from modeling_unimedclip.training.publishing import BackgroundPusher
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+train_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_script)
+
+# A learnable set: each caption has its own colour. Two modality configs of two shards each.
+CLASSES = {
+    "chest x ray showing pneumonia": ("xray", "openi", (220, 40, 40)),
+    "normal chest x ray": ("xray", "openi", (40, 220, 40)),
+    "ct of the liver with a mass": ("mixed", "rocov2", (40, 40, 220)),
+    "mri of the brain showing a tumor": ("mixed", "rocov2", (220, 220, 40)),
+}
+
+
+def write_unimed_repo(root: Path, per_class: int = 16, shards: int = 2) -> Path:
+    """A UniMed-layout directory (contract: data/<modality>/*.tar of `<key>.image` + `<key>.json`, card configs)."""
+    rng = np.random.default_rng(0)
+    by_modality: dict[str, list] = {}
+    for caption, (modality, source, colour) in CLASSES.items():
+        for _ in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            record = {"source": source, "modality": modality, "captions": [caption], "report": None, "labels": []}
+            by_modality.setdefault(modality, []).append((buffer.getvalue(), json.dumps(record).encode()))
+    for modality, samples in by_modality.items():
+        folder = root / "data" / modality
+        folder.mkdir(parents=True)
+        order = rng.permutation(len(samples))
+        for shard in range(shards):
+            with tarfile.open(folder / f"{modality}-{shard}.tar", "w") as tar:
+                for index in order[shard::shards]:
+                    for suffix, data in zip(("image", "json"), samples[index]):
+                        member = tarfile.TarInfo(f"{modality}-{index:05d}.{suffix}")
+                        member.size = len(data)
+                        tar.addfile(member, io.BytesIO(data))
+    card = DatasetCardData(
+        configs=[
+            {"config_name": modality, "data_files": [{"split": "train", "path": f"data/{modality}/*.tar"}]}
+            for modality in by_modality
+        ]
+    )
+    infos = {
+        modality: DatasetInfo(
+            config_name=modality, splits=SplitDict({"train": SplitInfo(name="train", num_examples=len(samples))})
+        )
+        for modality, samples in by_modality.items()
+    }
+    DatasetInfosDict(infos).to_dataset_card_data(card)
+    DatasetCard(f"---\n{card.to_yaml()}\n---\n").save(root / "README.md")
+    return root
+
+
+@pytest.fixture(scope="module")
+def unimed_repo(tmp_path_factory) -> Path:
+    return write_unimed_repo(tmp_path_factory.mktemp("unimed"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    path = tmp_path_factory.mktemp("tokenizer")
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The machine is shared: spinning OpenMP threads make these tiny steps many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def demo_config(data: Path, tokenizer: Path, output_dir: Path, **overrides):
+    """The demo preset shrunk to seconds: 32 px, batch 8 (8 steps per pass over the 64 pairs)."""
+    values = dict(
+        data=str(data),
+        tokenizer=str(tokenizer),
+        output_dir=str(output_dir),
+        image_size=32,
+        batch_size=8,
+        micro_batch_size=8,
+        max_steps=10,
+        warmup_steps=2,
+        checkpoint_every=3,
+        log_every=1,
+    )
+    return build_config("demo", {**values, **overrides})
+
+
+def scalars(output_dir: Path, tag: str) -> list[float]:
+    events = EventAccumulator(str(next((output_dir / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    return [event.value for event in events.Scalars(tag)]
+
+
+# Recipe
+
+
+def test_learning_rate_schedule_is_the_original_formula():
+    config = build_config("b16")
+    assert (config.warmup_steps, config.total_steps) == (2000, 10 * math.ceil(5_282_000 / 2048)) == (2000, 25_800)
+    assert lr_factor(0, 2000, 25_800) == 1 / 2000
+    assert lr_factor(999, 2000, 25_800) == 0.5
+    assert lr_factor(1999, 2000, 25_800) == 1.0
+    assert lr_factor(2000, 2000, 25_800) == 1.0
+    assert lr_factor(2000 + 11_900, 2000, 25_800) == pytest.approx(0.5)
+    assert lr_factor(25_799, 2000, 25_800) == pytest.approx(0.5 * (1 + math.cos(math.pi * 23_799 / 23_800)))
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = build_scheduler(optimizer, config)
+    seen = []
+    for _ in range(2002):
+        seen.append(optimizer.param_groups[0]["lr"])  # the lr optimizer step k runs at
+        optimizer.step()
+        scheduler.step()
+    assert seen[0] == pytest.approx(5e-4 / 2000) and seen[1999] == seen[2000] == pytest.approx(5e-4)
+    assert seen[2001] == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi / 23_800)))
+
+
+def test_weight_decay_groups_follow_the_original_rules():
+    model = UniMedCLIPModel(tiny_config())
+    decayed_group, other_group = parameter_groups(model, 0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decayed_group["params"]}
+    not_decayed = {names[id(p)] for p in other_group["params"]}
+    assert (decayed_group["weight_decay"], other_group["weight_decay"]) == (0.2, 0.0)
+    assert decayed | not_decayed == set(names.values()) and not decayed & not_decayed
+    for name in (
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.embeddings.position_embedding.weight",
+        "vision_model.encoder.layers.0.self_attn.q_proj.weight",
+        "vision_model.encoder.layers.0.mlp.fc1.weight",
+        "visual_projection.weight",
+        "text_model.embeddings.word_embeddings.weight",
+        "text_model.embeddings.position_embeddings.weight",
+        "text_model.embeddings.token_type_embeddings.weight",
+        "text_model.encoder.layer.0.attention.self.query.weight",
+        "text_projection.fc1.weight",
+        "text_projection.fc2.weight",
+    ):
+        assert name in decayed
+    for name in (
+        "logit_scale",
+        "vision_model.embeddings.class_embedding",
+        "vision_model.pre_layrnorm.weight",
+        "vision_model.post_layernorm.weight",
+        "vision_model.encoder.layers.0.layer_norm1.weight",
+        "vision_model.encoder.layers.0.self_attn.q_proj.bias",
+        "text_model.embeddings.LayerNorm.weight",
+        "text_model.encoder.layer.0.output.LayerNorm.bias",
+        "text_model.encoder.layer.0.attention.self.query.bias",
+    ):
+        assert name in not_decayed
+    assert all("LayerNorm" not in n and "layer_norm" not in n and not n.endswith("bias") for n in decayed)
+
+
+def test_presets_match_the_recipe():
+    b16, base, large = build_config("b16"), build_config("l14-336-base"), build_config("l14-336-large")
+    for config in (b16, base, large):
+        assert (config.beta1, config.beta2, config.eps, config.weight_decay) == (0.9, 0.98, 1e-6, 0.2)
+        assert (config.batch_size, config.samples_per_epoch, config.epochs, config.warmup_steps) == (
+            2048,
+            5_282_000,
+            10,
+            2000,
+        )
+        assert config.init == "vision-text" and config.mixed_precision == "bf16"
+    assert b16.lr == 5e-4 and base.lr == large.lr == 4e-4
+    assert base.image_size == large.image_size == 336 and b16.image_size is None
+    assert "base" in base.text and "large" in large.text and "b16" in b16.vision and "l14" in base.vision
+    assert b16.accumulation_steps(16) == 1 and b16.accumulation_steps(4) == 4
+
+
+def test_yaml_files_and_command_line_override_presets(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("preset: l14-336-base\nlr: 3e-4\nmodalities: [xray, ct]\n")
+    config, print_config = parse_args(["--config", str(file), "--warmup-steps", "10", "--lock-image"])
+    assert (config.lr, config.warmup_steps, config.lock_image, config.modalities) == (3e-4, 10, True, ["xray", "ct"])
+    assert config.image_size == 336 and not print_config
+    assert build_config(str(file), {"lr": 1e-4}).lr == 1e-4
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"lr": -1.0}, "lr must be a positive number"),
+        ({"batch_size": 100, "micro_batch_size": 64}, "not a multiple of micro_batch_size"),
+        ({"warmup_steps": 30_000}, "must be smaller than the total steps"),
+        ({"mixed_precision": "fp8"}, "mixed_precision must be one of"),
+        ({"beta2": 1.0}, "beta2 must be in [0, 1)"),
+        ({"vision": None}, "give both or neither"),
+        ({"vision": None, "text": None}, "needs a tokenizer directory"),
+        ({"modalities": ["xray", "dental"]}, "unknown modalities ['dental']"),
+        ({"eval_every": 5}, "eval_every needs eval_data"),
+        ({"epochs": "ten"}, "epochs must be int"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints must be at least 1"),
+        ({"lr_warmup": 3}, "Unknown training option(s) ['lr_warmup']"),
+    ],
+)
+def test_invalid_values_are_clear_errors(overrides, message):
+    with pytest.raises(ConfigurationError) as error:
+        build_config("b16", overrides)
+    assert message in str(error.value)
+
+
+def test_invalid_values_fail_before_anything_starts(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "b16", "--lr", "0"])
+    assert "lr must be a positive number" in capsys.readouterr().err
+    with pytest.raises(ConfigurationError, match="must be a multiple of micro_batch_size x processes"):
+        build_config("b16", {"batch_size": 2048, "micro_batch_size": 128}).accumulation_steps(3)
+    with pytest.raises(ConfigurationError, match="needs --data"):
+        train_script.train(build_config("b16", {"output_dir": str(tmp_path)}))
+
+
+# Training runs
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, unimed_repo, tokenizer_dir) -> Path:
+    """One uninterrupted run of 10 steps over 1.25 passes of the data, checkpoints every 3 steps."""
+    output_dir = tmp_path_factory.mktemp("run")
+    final = train_script.train(demo_config(unimed_repo, tokenizer_dir, output_dir, max_steps=10))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return final
+
+
+def test_run_writes_final_model_checkpoints_and_logs(finished_run):
+    output_dir = finished_run.parent
+    assert [p.name for p in checkpointing.list_checkpoints(output_dir)] == ["step-00000009", "step-00000010"]
+    assert not list((output_dir / "checkpoints").glob(".tmp-*"))
+    assert (finished_run / "README.md").is_file() and (output_dir / "config.yaml").is_file()
+    assert len(scalars(output_dir, "train/loss")) == 10
+    assert scalars(output_dir, "train/lr")[0] == pytest.approx(1e-3 * 0.5)  # logged after step 1: lr of step 2
+    assert all(0 < scale <= 100 for scale in scalars(output_dir, "train/logit_scale"))
+    assert scalars(output_dir, "perf/samples_per_s")[-1] > 0
+
+
+def test_final_directory_loads_with_automodel_and_the_zero_shot_pipeline(finished_run):
+    model = AutoModel.from_pretrained(finished_run)
+    exported = load_file(finished_run.parent / "checkpoints" / "step-00000010" / "model" / "model.safetensors")
+    assert all(torch.equal(exported[name], value) for name, value in model.state_dict().items())
+    classifier = pipeline("zero-shot-image-classification", model=str(finished_run))
+    image = Image.fromarray(np.full((40, 40, 3), (220, 40, 40), dtype=np.uint8))
+    scores = classifier(image, candidate_labels=["pneumonia", "normal chest"])
+    assert sum(score["score"] for score in scores) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_loss_falls_on_a_learnable_set(tmp_path, unimed_repo, tokenizer_dir):
+    config = demo_config(
+        unimed_repo, tokenizer_dir, tmp_path, max_steps=40, lr=3e-4, warmup_steps=3, checkpoint_every=40
+    )
+    train_script.train(config)
+    losses = scalars(tmp_path, "train/loss")
+    # ln 8 = 2.08 is chance for 8 pairs; 4 captions repeat, so the floor is about ln 2.
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]) and np.mean(losses[-5:]) < 1.95, losses
+
+
+class Killed(BaseException):
+    """Like a SIGKILL: nothing in train.py handles it."""
+
+
+def test_killed_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, finished_run, unimed_repo, tokenizer_dir):
+    config = demo_config(unimed_repo, tokenizer_dir, tmp_path, max_steps=10)
+    forward, calls = loss.ContrastiveTrainingModel.forward, []
+
+    def dies_in_step_8(self, *args):
+        calls.append(1)
+        if len(calls) == 8:
+            raise Killed
+        return forward(self, *args)
+
+    monkeypatch.setattr(loss.ContrastiveTrainingModel, "forward", dies_in_step_8)
+    with pytest.raises(Killed):
+        train_script.train(config)
+    assert checkpointing.list_checkpoints(tmp_path)[-1].name == "step-00000006"
+    monkeypatch.setattr(loss.ContrastiveTrainingModel, "forward", forward)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    resumed = train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path, max_steps=10, resume="latest"))
+
+    expected, actual = load_file(finished_run / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    uninterrupted = finished_run.parent / "checkpoints" / "step-00000010"
+    optimizer_state = torch.load(uninterrupted / "optimizer.bin", weights_only=False)["state"]
+    resumed_state = torch.load(tmp_path / "checkpoints" / "step-00000010" / "optimizer.bin", weights_only=False)[
+        "state"
+    ]
+    assert all(torch.equal(optimizer_state[k]["exp_avg"], resumed_state[k]["exp_avg"]) for k in optimizer_state)
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path, finished_run, unimed_repo, tokenizer_dir):
+    config = demo_config(unimed_repo, tokenizer_dir, finished_run.parent, lr=5e-3, resume="latest")
+    with pytest.raises(ConfigurationError, match="these options changed: {'lr'"):
+        train_script.train(config)
+    with pytest.raises(ConfigurationError, match="already has checkpoints"):
+        train_script.train(demo_config(unimed_repo, tokenizer_dir, finished_run.parent))
+
+
+def checkpoint_files(path: Path) -> dict[str, bytes]:
+    return {str(file.relative_to(path)): file.read_bytes() for file in sorted(path.rglob("*")) if file.is_file()}
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, unimed_repo, tokenizer_dir):
+    original, calls, saved = loss.contrastive_loss, [], {}
+
+    def nan_in_step_5(*args):
+        calls.append(1)
+        if len(calls) == 4:  # the checkpoint of step 3 exists by now: remember its bytes
+            saved.update(checkpoint_files(checkpointing.list_checkpoints(tmp_path)[-1]))
+        value = original(*args)
+        return value * float("nan") if len(calls) == 5 else value
+
+    monkeypatch.setattr(loss, "contrastive_loss", nan_in_step_5)
+    with pytest.raises(train_script.NonFiniteLossError, match="Loss is nan at step 5; .*step-00000003"):
+        train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path))
+    checkpoints = checkpointing.list_checkpoints(tmp_path)
+    assert [p.name for p in checkpoints] == ["step-00000003"]
+    assert checkpoint_files(checkpoints[0]) == saved and not (tmp_path / "final").exists()
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, unimed_repo, tokenizer_dir):
+    real_save, saves = torch.save, []
+
+    def disk_full_on_second_checkpoint(obj, path, *args, **kwargs):
+        if str(path).endswith("data_state_0.pt"):
+            saves.append(path)
+            if len(saves) == 2:
+                raise OSError(28, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.torch, "save", disk_full_on_second_checkpoint)
+    with pytest.raises(CheckpointWriteError, match="step 6 failed.*No space left on device.*previous checkpoints"):
+        train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path))
+    assert [p.name for p in checkpointing.list_checkpoints(tmp_path)] == ["step-00000003"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.setattr(checkpointing.torch, "save", real_save)
+    assert train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path, resume="latest")).is_dir()
+
+
+class FlakyHub:
+    """An HfApi stand-in whose uploads fail `failures` times, then succeed; or always fail."""
+
+    def __init__(self, failures: int | None):
+        self.failures, self.uploads, self.attempts = failures, [], 0
+
+    def create_repo(self, repo_id, **kwargs):
+        return repo_id
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message, **kwargs):
+        self.attempts += 1
+        if self.failures is None or self.attempts <= self.failures:
+            raise ConnectionError("Hub unreachable")
+        self.uploads.append((Path(folder_path).name, commit_message))
+        return f"https://hub/{repo_id}/commit/{self.attempts}"
+
+
+def test_push_to_hub_retries_failed_uploads(tmp_path, unimed_repo, tokenizer_dir):
+    api = FlakyHub(failures=2)
+    pusher = BackgroundPusher("org/unimed-clip-test", api=api, attempts=3, backoff_s=0)
+    config = demo_config(unimed_repo, tokenizer_dir, tmp_path, max_steps=3, push_to_hub="org/unimed-clip-test")
+    train_script.train(config, pusher=pusher)
+    assert api.uploads == [("model", "Training checkpoint, step 3"), ("final", "UniMed-CLIP, end of training")]
+    assert api.attempts == 4 and pusher.failed == []
+
+
+def test_failing_hub_never_stops_training(tmp_path, unimed_repo, tokenizer_dir, caplog):
+    api = FlakyHub(failures=None)
+    pusher = BackgroundPusher("org/unimed-clip-test", api=api, attempts=2, backoff_s=0)
+    config = demo_config(unimed_repo, tokenizer_dir, tmp_path, max_steps=3, push_to_hub="org/unimed-clip-test")
+    assert train_script.train(config, pusher=pusher).is_dir()
+    assert api.attempts == 4 and [p.name for p in pusher.failed] == ["model", "final"]
+    assert "Gave up uploading" in caplog.text
+
+
+def test_presets_are_all_printable(capsys):
+    for preset in PRESETS:
+        train_script.main(["--config", preset, "--print-config", "--tokenizer", "tok"])
+        assert "lr:" in capsys.readouterr().out
+
+
+def test_periodic_zero_shot_evaluation_is_logged(tmp_path, unimed_repo, tokenizer_dir):
+    eval_root = tmp_path / "eval"
+    for index, folder in enumerate(["lung_aca", "lung_n", "lung_scc"]):
+        (eval_root / "LC25000_test" / folder).mkdir(parents=True)
+        for copy in range(2):
+            pixels = np.full((40, 40, 3), 60 * index + 30 * copy, dtype=np.uint8)
+            Image.fromarray(pixels).save(eval_root / "LC25000_test" / folder / f"{copy}.png")
+    output_dir = tmp_path / "run"
+    config = demo_config(unimed_repo, tokenizer_dir, output_dir, max_steps=4, eval_every=2, eval_data=str(eval_root))
+    train_script.train(config)
+    accuracies = scalars(output_dir, "zero_shot/LC25000_lung")
+    assert len(accuracies) == 2 and all(0 <= value <= 100 for value in accuracies)  # percent
+    assert scalars(output_dir, "zero_shot/mean") == accuracies
