@@ -19,6 +19,8 @@ demo: $(INSTALLED)
 bench: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_model.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_eval.py
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_data.py
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo_output

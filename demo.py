@@ -1,132 +1,175 @@
-"""End-to-end demo on a fresh machine with no network: original checkpoint -> converter -> AutoModel -> pipeline.
+"""The whole system end to end, offline, in a few minutes on a CPU: data -> shards -> stream -> train -> evaluate ->
+model card -> AutoModel and the zero-shot pipeline.
 
-1. Builds a tiny UniMed-CLIP (random weights) and its BiomedBERT-style WordPiece tokenizer, and writes the model as
-   an original open_clip-fork training checkpoint (`module.` prefixes, `text_encoder.` tower, optimizer state with
-   numpy learning rates).
-2. Converts it with `python -m modeling_unimedclip.convert`, exactly as for the released checkpoints.
-3. Loads the result with `AutoModel`/`AutoProcessor` and classifies generated images in the modes hospitals store
-   (16-bit grayscale, RGBA, palette, RGB), and checks that `pipeline("zero-shot-image-classification")` agrees.
+1. Generates a small synthetic image-caption set (eight findings over six modalities) in ROCOv2's raw layout, a
+   held-out split as image folders, and a WordPiece tokenizer for its captions.
+2. Builds WebDataset shards with the real ROCOv2 builder (`dataset_scripts/build.py`).
+3. Streams them back with `datasets.load_dataset(<dir>, "mixed", streaming=True)`.
+4. Trains a tiny UniMed-CLIP from scratch with `accelerate launch train.py --config demo`.
+5. Evaluates it zero-shot on the held-out images with `evaluate_zero_shot.py`; it must beat chance clearly.
+6. Writes the model card from the evaluation results.
+7. Reloads the model with `AutoModel` and `pipeline("zero-shot-image-classification")` and classifies a few images.
 
-The weights are random, so the scores mean nothing: this shows that every stage runs. With a real checkpoint, pass
-`--checkpoint unimed-clip-vit-b16.pt --text-encoder microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract`.
+With real data the same commands do the real job: `build.py --source <id> --root RAW --annotations FILE`,
+`train.py --config b16 --data ORG/UniMed`, `evaluate_zero_shot.py --data-root EVAL_DATA`, and publishing with
+`python -m modeling_unimedclip.publish model DIR --repo-id ORG/NAME`.
 """
 
+import argparse
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from datasets import load_dataset
 from PIL import Image
 from tokenizers import BertWordPieceTokenizer
-from transformers import AutoModel, AutoProcessor, BertModel, BertTokenizer, pipeline
+from transformers import AutoModel, AutoProcessor, BertTokenizer, pipeline
 
-from modeling_unimedclip import UniMedCLIPConfig, UniMedCLIPModel
-from modeling_unimedclip.original_format import hf_to_open_clip
+from dataset_scripts.synthetic import caption_corpus, write_synthetic_rocov2
+from modeling_unimedclip.model_card import model_card_for_directory
 
-OUTPUT = Path("demo_output")
-LABELS = ["chest x-ray with pneumonia", "normal chest x-ray", "ct scan of the liver", "fundus photo of the retina"]
-CORPUS = LABELS + [
-    "mri of the brain showing a tumor",
-    "ultrasound of the thyroid with a benign nodule",
-    "histopathology slide of lung adenocarcinoma",
-    "this is a photo of a lesion",
-]
+ROOT = Path(__file__).resolve().parent
+DEMO_REPO_ID = "unimed-clip/unimed-clip-demo"
 
 
-def build_text_encoder(directory: Path) -> BertTokenizer:
-    """A tiny uncased WordPiece tokenizer trained on the demo captions, saved with a matching tiny BERT."""
+def stage(number: int, title: str) -> None:
+    print(f"\n[{number}/7] {title}", flush=True)
+
+
+def run(*command: str) -> None:
+    """Run a project command as a user would, echoing it; stop the demo if it fails."""
+    print("  $", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def write_tokenizer(directory: Path) -> None:
+    """An uncased WordPiece tokenizer (BiomedBERT's kind) trained on the demo captions and prompts."""
     wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1, show_progress=False)
-    tokenizer = BertTokenizer(vocab=wordpiece.get_vocab(), do_lower_case=True, model_max_length=256)
-    tokenizer.save_pretrained(directory)
-    return tokenizer
+    wordpiece.train_from_iterator(caption_corpus(), vocab_size=400, min_frequency=1, show_progress=False)
+    BertTokenizer(vocab=wordpiece.get_vocab(), do_lower_case=True, model_max_length=256).save_pretrained(directory)
 
 
-def write_original_checkpoint(path: Path, text_encoder: Path, vocab_size: int) -> None:
-    config = UniMedCLIPConfig(
-        vision_config=dict(
-            image_size=64,
-            patch_size=16,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=1,
-            intermediate_size=256,
-            hidden_act="quick_gelu",
-        ),
-        text_config=dict(
-            vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128
-        ),
-        projection_dim=32,
-    )
-    torch.manual_seed(0)
-    model = UniMedCLIPModel(config)
-    BertModel(config.text_config, add_pooling_layer=False).save_pretrained(text_encoder)
-    state_dict = {
-        "module." + key.replace("text.", "text_encoder.", 1) if key.startswith("text.") else "module." + key: value
-        for key, value in hf_to_open_clip(model.state_dict()).items()
-    }
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4).state_dict()
-    optimizer["param_groups"][0]["lr"] = np.float64(5e-4)
-    torch.save({"epoch": 1, "name": "demo", "state_dict": state_dict, "optimizer": optimizer}, path)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("demo_output"))
+    parser.add_argument("--train-per-class", type=int, default=120)
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args(argv)
+    output = args.output.resolve()
+    started = time.perf_counter()
 
+    stage(1, "Generating a synthetic multi-modality image-caption set in ROCOv2's raw layout")
+    raw, heldout, prompts = write_synthetic_rocov2(output / "raw", train_per_class=args.train_per_class)
+    tokenizer_dir = output / "tokenizer"
+    write_tokenizer(tokenizer_dir)
 
-def generated_images() -> dict[str, Image.Image]:
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:300, 0:260]
-    radiograph = (20000 + 30000 * np.exp(-((x - 130) ** 2 + (y - 150) ** 2) / 8000)).astype(np.uint16)
-    fundus = np.zeros((240, 240, 4), dtype=np.uint8)
-    fundus[..., 0] = (180 * np.exp(-((x[:240, :240] - 120) ** 2 + (y[:240, :240] - 120) ** 2) / 5000)).astype(np.uint8)
-    fundus[..., 3] = 255
-    return {
-        "16-bit radiograph (I;16)": Image.fromarray(radiograph),
-        "RGBA fundus": Image.fromarray(fundus),
-        "palette slide (P)": Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).convert("P"),
-        "RGB photo": Image.fromarray(rng.integers(0, 256, (180, 320, 3), dtype=np.uint8)),
-    }
-
-
-def main() -> None:
-    OUTPUT.mkdir(exist_ok=True)
-    text_encoder, checkpoint, converted = OUTPUT / "text-encoder", OUTPUT / "epoch_1.pt", OUTPUT / "unimed-clip-tiny"
-
-    print("[1/3] Building a tiny UniMed-CLIP and writing it as an original training checkpoint")
-    tokenizer = build_text_encoder(text_encoder)
-    write_original_checkpoint(checkpoint, text_encoder, vocab_size=len(tokenizer))
-
-    print("[2/3] Converting it with the converter CLI")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modeling_unimedclip.convert",
-            "--checkpoint",
-            str(checkpoint),
-            "--text-encoder",
-            str(text_encoder),
-            "--output",
-            str(converted),
-        ],
-        check=True,
+    stage(2, "Building WebDataset shards with the ROCOv2 builder")
+    shards = output / "unimed"
+    run(
+        sys.executable,
+        "dataset_scripts/build.py",
+        "--source",
+        "rocov2",
+        "--root",
+        str(raw),
+        "--annotations",
+        str(raw / "train_captions.csv"),
+        "--output",
+        str(shards),
+        "--shard-size",
+        "64",
+        "--shard-multiple",
+        "4",
     )
 
-    print("[3/3] Zero-shot classification with AutoModel + AutoProcessor (random weights: scores are meaningless)")
-    model = AutoModel.from_pretrained(converted).eval()
-    processor = AutoProcessor.from_pretrained(converted)
-    images = generated_images()
-    with torch.no_grad():
-        probabilities = model(**processor(text=LABELS, images=list(images.values()))).logits_per_image.softmax(-1)
-    for name, row in zip(images, probabilities):
-        print(f"  {name:26s} -> {LABELS[int(row.argmax())]!r} ({row.max():.3f})")
+    stage(3, "Streaming them back with datasets")
+    stream = load_dataset(str(shards), "mixed", split="train", streaming=True)
+    for sample in stream.take(2):
+        record = sample["json"]
+        print(
+            f"  {sample['__key__']}: {sample['image'].size[0]}x{sample['image'].size[1]} {record['source']} "
+            f"({record['modality']}) {record['captions'][0]!r}"
+        )
 
-    # The pipeline loads images as 8-bit RGB itself, so it sees the same pixels only for RGB inputs.
-    classifier = pipeline("zero-shot-image-classification", model=str(converted))
-    results = classifier(images["RGB photo"], candidate_labels=LABELS, hypothesis_template="{}")
-    scores = {result["label"]: result["score"] for result in results}
-    if not np.allclose([scores[label] for label in LABELS], probabilities[-1].numpy(), atol=1e-5):
-        raise SystemExit(f"The pipeline disagrees with the model: {scores} vs {probabilities[-1].tolist()}")
-    print("  pipeline on the RGB photo: same scores as AutoModel")
-    print(f"Done. The converted model is in {converted}/")
+    stage(4, "Training a tiny UniMed-CLIP with accelerate launch train.py --config demo")
+    run_dir = output / "run"
+    run(
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "train.py",
+        "--config",
+        "demo",
+        "--data",
+        str(shards),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--output-dir",
+        str(run_dir),
+        "--epochs",
+        str(args.epochs),
+        "--samples-per-epoch",
+        str(8 * args.train_per_class),
+        "--report-to",
+        "tensorboard",
+    )
+    model_dir = run_dir / "final"
+
+    stage(5, "Zero-shot evaluation on the held-out images")
+    evaluation = output / "evaluation"
+    run(
+        sys.executable,
+        "evaluate_zero_shot.py",
+        "--model",
+        str(model_dir),
+        "--image-folder",
+        str(heldout),
+        "--prompts",
+        str(prompts),
+        "--output",
+        str(evaluation),
+        "--num-workers",
+        "0",
+        "--cache-dir",
+        str(output / "cache"),
+    )
+    result = json.loads((evaluation / "results.json").read_text())["results"][heldout.name]
+    accuracy, chance = result["accuracy"], 100 / len(result["classes"])
+    print(f"  accuracy {accuracy:.1f}% over {len(result['classes'])} classes (chance {chance:.1f}%)")
+    if accuracy < 2 * chance:
+        raise SystemExit(f"The demo model did not learn: {accuracy:.1f}% is not clearly above chance ({chance:.1f}%).")
+
+    stage(6, "Writing the model card from the evaluation results")
+    card = model_card_for_directory(model_dir, repo_id=DEMO_REPO_ID, results_path=evaluation / "results.json")
+    card.save(model_dir / "README.md")
+    print(f"  {model_dir / 'README.md'}")
+
+    stage(7, "Reloading with AutoModel and the zero-shot pipeline")
+    model = AutoModel.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    classifier = pipeline("zero-shot-image-classification", model=str(model_dir))
+    class_prompts = json.loads(prompts.read_text())[heldout.name]
+    labels = [candidates[0] for candidates in class_prompts.values()]
+    for folder in sorted(heldout.iterdir())[:4]:
+        image = Image.open(next(folder.iterdir())).convert("RGB")
+        best = classifier(image, candidate_labels=labels, hypothesis_template="{}")[0]
+        with torch.no_grad():
+            logits = model(**processor(text=labels, images=image)).logits_per_image[0]
+        agrees = labels[int(logits.argmax())] == best["label"]
+        print(f"  {folder.name:15s} -> {best['label']!r} ({best['score']:.2f}); AutoModel agrees: {agrees}")
+    print(f"\nDone in {time.perf_counter() - started:.0f} s. Model, processor and card: {model_dir}/")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,173 @@
+"""Every code block of the README runs, in order, so that the documentation cannot rot.
+
+The blocks run in a sandbox folder laid out like the Hub: `unimed-clip/unimed-clip-vit-b16`,
+`microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract`, `facebook/metaclip-b16-400m` and `unimed-clip/UniMed` are
+local directories there holding tiny models and a tiny UniMed build, which `from_pretrained` and `load_dataset` find
+before the Hub. Python blocks share one namespace, as in a notebook. Shell commands run in this process through the
+same entry points the shell would reach, with a fake `HfApi` for uploads; the only changes are the flags in
+`SCALE_DOWN`, which shrink a paper-sized training run to two tiny steps.
+"""
+
+import json
+import re
+import runpy
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from conftest import TINY_VISION, images
+from reference import open_clip_model, original_checkpoint
+from test_dataset_build import SETTINGS, make_raw_sources
+from test_medical import write_dicom
+from transformers import CLIPConfig, CLIPModel
+
+import dataset_scripts.card
+import modeling_unimedclip.hub
+from dataset_scripts.card import render_card
+from dataset_scripts.shards import build_source
+from dataset_scripts.synthetic import write_synthetic_rocov2
+from modeling_unimedclip import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# Flags appended to commands whose defaults are a paper-sized run.
+SCALE_DOWN = {
+    "train.py": [
+        "--batch-size", "4", "--micro-batch-size", "4", "--max-steps", "2", "--warmup-steps", "1",
+        "--num-workers", "0", "--mixed-precision", "no", "--report-to", "none",
+    ],
+}  # fmt: skip
+# Covered elsewhere: `make test` is what CI runs, `make demo` is tested in test_scripts.py.
+NOT_RUN_HERE = {"make"}
+
+
+def code_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.DOTALL | re.MULTILINE)
+
+
+def shell_commands() -> list[list[str]]:
+    commands = []
+    for block in code_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words and words[0] not in NOT_RUN_HERE:
+                commands.append(words)
+    return commands
+
+
+class FakeHfApi:
+    uploads: list[tuple[str, str, list[str]]] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        FakeHfApi.uploads.append((repo_id, kwargs.get("repo_type", "model"), files))
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    def repo_info(self, repo_id, **kwargs):
+        raise FileNotFoundError(repo_id)
+
+
+def tiny_metaclip(path: Path) -> None:
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
+        vision_config={**TINY_VISION, "hidden_act": "quick_gelu"},
+        projection_dim=24,
+    )
+    CLIPModel(config).save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory, model_dir, tiny_bert_dir) -> Path:
+    """The files the README's examples name, as tiny stand-ins."""
+    root = tmp_path_factory.mktemp("readme")
+    shutil.copytree(model_dir, root / "unimed-clip" / "unimed-clip-vit-b16")
+    bert = root / "microsoft" / "BiomedNLP-BiomedBERT-base-uncased-abstract"
+    shutil.copytree(tiny_bert_dir, bert)
+    tiny_metaclip(root / "facebook" / "metaclip-b16-400m")
+    torch.save(
+        original_checkpoint(open_clip_model(bert, image_size=32, patch_size=16)), root / "unimed-clip-vit-b16.pt"
+    )
+
+    images(1)[0].save(root / "chest_xray.png")
+    rng = np.random.default_rng(0)
+    write_dicom(root / "chest_ct.dcm", rng.integers(0, 2000, (24, 20)))
+    write_dicom(root / "cine.dcm", rng.integers(0, 2000, (3, 24, 20)))
+    nibabel.save(nibabel.Nifti1Image(rng.normal(size=(20, 24, 8)).astype(np.float32), np.eye(4)), root / "head.nii.gz")
+
+    synthetic_raw, _, _ = write_synthetic_rocov2(root / "synthetic", train_per_class=4, heldout_per_class=1)
+    synthetic_raw.rename(root / "ROCOv2")
+    unimed = root / "unimed-clip" / "UniMed"
+    for source, raw in make_raw_sources(root / "raw").items():
+        build_source(source, raw.root, raw.annotations, unimed, SETTINGS)
+    render_card(unimed)
+
+    with open(root / "chest_xrays.csv", "w") as file:
+        file.write("path,label\n")
+        for index, label in enumerate(["pneumonia", "no finding", "pneumonia"]):
+            images(index + 1)[0].save(root / f"xray_{index}.png")
+            file.write(f"xray_{index}.png,{label}\n")
+    for folder in ("lung_aca", "lung_n", "lung_scc"):
+        (root / "unimed-eval" / "LC25000_test" / folder).mkdir(parents=True)
+        for index, image in enumerate(images(2)):
+            image.save(root / "unimed-eval" / "LC25000_test" / folder / f"{index}.png")
+    return root
+
+
+def run_command(words: list[str]) -> None:
+    """What the shell would run for `words`, in this process."""
+    if words[:2] == ["accelerate", "launch"]:
+        script = next(word for word in words if word.endswith(".py"))
+        words = ["python", *words[words.index(script) :]]
+    if words[0] == "unimedclip":
+        assert cli.main(words[1:]) == 0
+        return
+    assert words[0] == "python", f"The README runs {words[0]!r}; teach test_readme.py how to run it."
+    if words[1] == "-m":
+        module, arguments = words[2], words[3:]
+        sys.argv = [module, *arguments]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    else:
+        script, arguments = words[1], words[2:] + SCALE_DOWN.get(words[1], [])
+        sys.argv = [script, *arguments]
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+
+
+def test_readme_runs(sandbox, monkeypatch):
+    monkeypatch.chdir(sandbox)
+    monkeypatch.setenv("HOME", str(sandbox))  # caches the examples write
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(modeling_unimedclip.hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(dataset_scripts.card, "HfApi", FakeHfApi)
+
+    namespace: dict = {}
+    for block in code_blocks("python"):
+        exec(compile(block, str(README), "exec"), namespace)
+    assert len(namespace["predictions"]) == 2
+    assert namespace["probabilities"].shape == (1, 2)
+    assert namespace["ct_inputs"].pixel_values.shape == namespace["frame_inputs"].pixel_values.shape
+    assert namespace["sample"]["json"]["modality"] == "xray"
+    assert namespace["batch"]["pixel_values"].shape[0] == 4
+
+    commands = shell_commands()
+    assert {words[0] for words in commands} == {"python", "unimedclip", "accelerate"}
+    for words in commands:
+        try:
+            run_command(words)
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+
+    assert (sandbox / "unimed-clip-vit-b16" / "README.md").is_file()
+    assert json.loads((sandbox / "UniMed" / "manifest.json").read_text())["shards"]
+    assert len((sandbox / "captions.jsonl").read_text().splitlines()) == 3
+    assert (sandbox / "runs" / "b16" / "final" / "model.safetensors").is_file()
+    assert "LC25000_lung" in json.loads((sandbox / "results" / "results.json").read_text())["results"]
+    assert FakeHfApi.uploads[-1][:2] == ("unimed-clip/unimed-clip-vit-b16", "model")
