@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import resource
 import sys
 import time
@@ -101,6 +102,13 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         step_scheduler_with_optimizer=False,
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        # torchrun without GPUs and without ACCELERATE_USE_CPU=1 would otherwise run independent trainings.
+        raise ConfigurationError(
+            f"Launched as {launched} processes but Accelerate runs {accelerator.num_processes}: on CPUs set "
+            "ACCELERATE_USE_CPU=1 (or use `accelerate launch --cpu`)."
+        )
     accumulation = config.accumulation_steps(accelerator.num_processes)
     if config.eval_every and accelerator.distributed_type == DistributedType.FSDP:
         raise ConfigurationError(

@@ -2,6 +2,7 @@
 
 import importlib.util
 import io
+import itertools
 import json
 import math
 import tarfile
@@ -20,12 +21,13 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModel, pipeline
 
-from modeling_unimedclip import UniMedCLIPModel
+from modeling_unimedclip import UniMedCLIPImageProcessor, UniMedCLIPModel, UniMedCLIPProcessor
 from modeling_unimedclip.training import checkpointing, loss
 from modeling_unimedclip.training.checkpointing import CheckpointWriteError
-from modeling_unimedclip.training.config import PRESETS, ConfigurationError, build_config, parse_args
+from modeling_unimedclip.training.config import PRESETS, ConfigurationError, TrainingConfig, build_config, parse_args
 from modeling_unimedclip.training.optim import build_scheduler, lr_factor, parameter_groups
 from modeling_unimedclip.training.publishing import BackgroundPusher
+from modeling_unimedclip.unimed_data import UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
@@ -250,6 +252,14 @@ def test_invalid_values_fail_before_anything_starts(tmp_path, capsys):
         train_script.train(build_config("b16", {"output_dir": str(tmp_path)}))
 
 
+def test_launch_that_accelerate_does_not_join_is_refused(tmp_path, unimed_repo, tokenizer_dir, monkeypatch):
+    """torchrun on CPUs without ACCELERATE_USE_CPU=1 starts processes that Accelerate treats as separate runs."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigurationError, match="Launched as 2 processes but Accelerate runs 1"):
+        train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path / "run", max_steps=3))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 # Training runs
 
 
@@ -291,6 +301,90 @@ def test_loss_falls_on_a_learnable_set(tmp_path, unimed_repo, tokenizer_dir):
     losses = scalars(tmp_path, "train/loss")
     # ln 8 = 2.08 is chance for 8 pairs; 4 captions repeat, so the floor is about ln 2.
     assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]) and np.mean(losses[-5:]) < 1.95, losses
+
+
+def test_gradient_accumulation_averages_micro_batch_gradients(
+    tmp_path, monkeypatch, unimed_repo, tokenizer_dir, tiny_tokenizer
+):
+    """batch 8 = 4 pairs x 1 process x 2 micro-steps: the step's gradient is the mean of two 4-pair contrastive
+    losses' gradients (negatives do not span micro-batches), recomputed here from the same start weights and the
+    loader's first two batches; then one AdamW step of the recipe. Adam's first update is ~lr x sign(gradient),
+    blind to the gradient's scale (a sum instead of a mean), so the gradient the optimizer receives is recorded."""
+    start = tmp_path / "start"
+    model_config = tiny_config()  # no dropout anywhere, so that the step is deterministic
+    model_config.text_config.hidden_dropout_prob = model_config.text_config.attention_probs_dropout_prob = 0.0
+    torch.manual_seed(0)
+    UniMedCLIPModel(model_config).save_pretrained(start)
+    processor = UniMedCLIPProcessor(image_processor=UniMedCLIPImageProcessor(size=32), tokenizer=tiny_tokenizer)
+    processor.save_pretrained(start)
+
+    received: list[dict[str, torch.Tensor]] = []
+    build_optimizer = train_script.build_optimizer
+
+    def recording_optimizer(
+        model: torch.nn.Module, config: TrainingConfig, device: torch.device
+    ) -> torch.optim.Optimizer:
+        optimizer = build_optimizer(model, config, device)
+        names = {parameter: name.removeprefix("model.") for name, parameter in model.named_parameters()}
+        optimizer.register_step_pre_hook(
+            lambda *_: received.append({names[p]: p.grad.clone() for p in names if p.grad is not None})
+        )
+        return optimizer
+
+    monkeypatch.setattr(train_script, "build_optimizer", recording_optimizer)
+    config = demo_config(
+        unimed_repo,
+        tokenizer_dir,
+        tmp_path / "run",
+        pretrained=str(start),
+        batch_size=8,
+        micro_batch_size=4,
+        max_steps=1,
+        warmup_steps=0,  # step 0 runs at the full lr
+    )
+    final = train_script.train(config)
+
+    model = UniMedCLIPModel.from_pretrained(start).train()
+    mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
+
+    def gradients(batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        outputs = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=normalize_pixels(batch["pixel_values"], mean, std),
+            return_loss=True,
+        )
+        outputs.loss.backward()
+        return outputs.loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    def first_batches(batch_size: int, count: int) -> list[dict[str, torch.Tensor]]:
+        dataset = load_unimed(str(unimed_repo), seed=config.seed, image_size=32)
+        return list(itertools.islice(unimed_dataloader(dataset, batch_size, 0, UniMedCollator(tiny_tokenizer)), count))
+
+    (loss_1, gradients_1), (loss_2, gradients_2) = (gradients(batch) for batch in first_batches(4, 2))
+    expected = {name: (gradients_1[name] + gradients_2[name]) / 2 for name in gradients_1}
+    assert len(received) == 1 and received[0].keys() == expected.keys()
+    for name, gradient in expected.items():
+        torch.testing.assert_close(received[0][name], gradient, rtol=1e-5, atol=1e-6, msg=name)
+    assert scalars(tmp_path / "run", "train/loss") == [pytest.approx((loss_1 + loss_2) / 2, abs=1e-6)]
+    # The test can tell: 8 pairs as one contrastive batch (negatives across micro-batches) give other gradients.
+    _, spanning = gradients(first_batches(8, 1)[0])
+    assert max((spanning[name] - gradient).abs().max().item() for name, gradient in expected.items()) > 1e-3
+
+    # The optimizer step from the received gradient: from the mean, Adam's ~g / (|g| + eps) would turn the rounding
+    # of near-zero gradients (about 1e-7) into weight differences of 1e-5.
+    for name, parameter in model.named_parameters():
+        parameter.grad = received[0][name]
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps
+    )
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    trained = load_file(final / "model.safetensors")
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(trained[name], parameter.detach(), rtol=0, atol=1e-7, msg=name)
 
 
 class Killed(BaseException):
