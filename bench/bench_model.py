@@ -70,6 +70,16 @@ def captions(batch_size: int, min_tokens: int, max_tokens: int, vocab_size: int,
     return padded, dynamic, (dynamic != 0).long()
 
 
+def synthetic_batch(
+    ours: UniMedCLIPModel, batch_size: int, min_tokens: int, max_tokens: int, device: torch.device, generator
+) -> tuple[torch.Tensor, ...]:
+    """Random images and captions on `device`: (pixel_values, captions padded to 256, dynamically padded, mask)."""
+    size = ours.config.vision_config.image_size
+    pixel_values = torch.randn(batch_size, 3, size, size, generator=generator)
+    texts = captions(batch_size, min_tokens, max_tokens, ours.config.text_config.vocab_size, generator)
+    return tuple(tensor.to(device) for tensor in (pixel_values, *texts))
+
+
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     logits = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
     labels = torch.arange(len(logits), device=logits.device)
@@ -109,13 +119,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as bert_dir:
         reference, ours = build_models(args.variant, Path(bert_dir))
     reference.to(device), ours.to(device)
-    size = ours.config.vision_config.image_size
-    pixel_values = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device)
-    padded, dynamic, mask = (
-        t.to(device)
-        for t in captions(
-            args.batch_size, args.min_tokens, args.max_tokens, ours.config.text_config.vocab_size, generator
-        )
+    pixel_values, padded, dynamic, mask = synthetic_batch(
+        ours, args.batch_size, args.min_tokens, args.max_tokens, device, generator
     )
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 

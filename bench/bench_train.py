@@ -24,7 +24,7 @@ import torch
 from open_clip.loss import ClipLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import build_models, captions, timed  # noqa: E402
+from bench_model import build_models, synthetic_batch, timed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modeling_unimedclip.training.loss import ContrastiveTrainingModel  # noqa: E402
@@ -80,13 +80,8 @@ def main() -> None:
         ours.vision_model.compile()
         ours.text_model.compile()
     ours_training = ContrastiveTrainingModel(ours)
-    size = ours.config.vision_config.image_size
-    pixel_values = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device)
-    padded, dynamic, mask = (
-        t.to(device)
-        for t in captions(
-            args.batch_size, args.min_tokens, args.max_tokens, ours.config.text_config.vocab_size, generator
-        )
+    pixel_values, padded, dynamic, mask = synthetic_batch(
+        ours, args.batch_size, args.min_tokens, args.max_tokens, device, generator
     )
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     clip_loss = ClipLoss()

@@ -1,9 +1,10 @@
 """Reads a classification dataset as (image path, labels) pairs: an image folder, a CSV or a Hugging Face dataset."""
 
-import ast
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+
+from dataset_scripts.readers import literal_list
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"})
 POSITIVE_VALUES = frozenset({"1", "1.0", "true", "yes"})
@@ -27,12 +28,7 @@ def parse_labels(value: object) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         items = value
     elif isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            items = ast.literal_eval(value)
-        except (ValueError, SyntaxError) as error:
-            raise ValueError(f"cannot parse the label list {value!r}") from error
-        if not isinstance(items, list):
-            raise ValueError(f"cannot parse the label list {value!r}")
+        items = literal_list(value, "label cell")
     elif isinstance(value, str):
         items = value.split("|")
     else:

@@ -23,12 +23,15 @@ TINY_WORDS = (
     "cancer cell cells lesion mass left right there signs evidence finding findings patient radiograph "
     "this that for be"
 ).split()
-TINY_VOCAB = (
-    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    + list(".,-/()'\":;!?&%0123456789")
-    + list("abcdefghijklmnopqrstuvwxyz")
-    + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-    + TINY_WORDS
+# Words that are also letters ("a") appear once, so token ids run from 0 to len(TINY_VOCAB) - 1.
+TINY_VOCAB = list(
+    dict.fromkeys(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + list(".,-/()'\":;!?&%0123456789")
+        + list("abcdefghijklmnopqrstuvwxyz")
+        + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+        + TINY_WORDS
+    )
 )
 
 

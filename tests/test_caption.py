@@ -334,7 +334,7 @@ def test_parse_labels():
     assert parse_labels("Cardiomegaly|Edema|Cardiomegaly") == ("Cardiomegaly", "Edema")
     assert parse_labels("Edema") == ("Edema",)
     assert parse_labels("") == () and parse_labels(["a", " b "]) == ("a", "b")
-    with pytest.raises(ValueError, match="cannot parse the label list"):
+    with pytest.raises(ValueError, match="label cell: expected a Python list literal"):
         parse_labels("['Edema'")
 
 
@@ -372,7 +372,7 @@ def test_csv_input(tmp_path):
     with pytest.raises(ValueError, match="no column 'finding'; its columns are"):
         load_labelled_images(str(path), label_columns=["finding"])
     path.write_text("path,label\nd.png,\"['Edema'\"\n")
-    with pytest.raises(ValueError, match=r"labels.csv:2: cannot parse"):
+    with pytest.raises(ValueError, match=r"labels.csv:2: label cell: expected a Python list literal"):
         load_labelled_images(str(path))
 
 
