@@ -29,7 +29,8 @@ from tokenizers import BertWordPieceTokenizer
 from transformers import AutoModel, AutoProcessor, BertTokenizer, pipeline
 
 from dataset_scripts.synthetic import caption_corpus, write_synthetic_rocov2
-from modeling_unimedclip.model_card import model_card_for_directory
+from modeling_unimedclip.training.card import training_model_card
+from modeling_unimedclip.training.config import build_config
 
 ROOT = Path(__file__).resolve().parent
 DEMO_REPO_ID = "unimed-clip/unimed-clip-demo"
@@ -152,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"The demo model did not learn: {accuracy:.1f}% is not clearly above chance ({chance:.1f}%).")
 
     stage(6, "Writing the model card from the evaluation results")
-    card = model_card_for_directory(model_dir, repo_id=DEMO_REPO_ID, results_path=evaluation / "results.json")
-    card.save(model_dir / "README.md")
+    run_config = build_config(str(run_dir / "config.yaml"), {"push_to_hub": DEMO_REPO_ID})
+    training_model_card(model_dir, run_config, evaluation / "results.json").save(model_dir / "README.md")
     print(f"  {model_dir / 'README.md'}")
 
     stage(7, "Reloading with AutoModel and the zero-shot pipeline")

@@ -35,7 +35,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from modeling_unimedclip.model_card import model_card_for_directory
+from modeling_unimedclip.training.card import training_model_card
 from modeling_unimedclip.training.checkpointing import (
     CheckpointWriteError,
     DataStreamState,
@@ -247,7 +247,7 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
         final_dir = output_dir / "final"
         export_model(final_dir)
         if accelerator.is_main_process:
-            write_model_card(final_dir, config)
+            training_model_card(final_dir, config).save(final_dir / "README.md")
             if pusher is not None:
                 pusher.push(final_dir, "UniMed-CLIP, end of training")
         accelerator.wait_for_everyone()
@@ -257,31 +257,6 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
         accelerator.end_training()
         if pusher is not None:
             pusher.close()
-
-
-def write_model_card(model_dir: Path, config: TrainingConfig) -> None:
-    """A draft card from the cards stream's generator; evaluation results are added when the model is evaluated."""
-    if config.init == "pretrained":
-        initialisation = config.pretrained
-    elif config.init == "vision-text":
-        initialisation = f"{config.vision} + {config.text}"
-    else:
-        initialisation = f"{config.architecture} from scratch"
-    training = {
-        "initialisation": initialisation,
-        "data": config.data,
-        "global batch": config.batch_size,
-        "steps": config.total_steps,
-        "peak learning rate": config.lr,
-        "warmup steps": config.warmup_steps,
-        "weight decay": config.weight_decay,
-        "precision": config.mixed_precision,
-    }
-    hub_data = [] if Path(config.data).exists() else [config.data]
-    repo_id = config.push_to_hub or f"local/{Path(config.output_dir).name}"
-    model_card_for_directory(model_dir, repo_id=repo_id, training=training, datasets=hub_data).save(
-        model_dir / "README.md"
-    )
 
 
 def main(argv: list[str] | None = None) -> None:

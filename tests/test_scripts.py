@@ -29,7 +29,8 @@ def test_demo_runs_end_to_end(tmp_path):
     for stage in range(1, 8):
         assert f"[{stage}/7]" in result.stdout
     model_dir = tmp_path / "demo" / "run" / "final"
-    assert (model_dir / "model.safetensors").is_file() and (model_dir / "README.md").is_file()
+    card = (model_dir / "README.md").read_text()
+    assert (model_dir / "model.safetensors").is_file() and "model-index:" in card and "from scratch" in card
     assert "AutoModel agrees: False" not in result.stdout and "AutoModel agrees: True" in result.stdout
 
 
