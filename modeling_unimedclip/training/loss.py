@@ -21,7 +21,7 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     """Concatenate `features` (B, D) of every process along dim 0, keeping the autograd graph."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return features
-    gathered = functional_collectives.all_gather_tensor_autograd(features, gather_dim=0, group=dist.group.WORLD)
+    gathered = functional_collectives.all_gather_single_autograd(features, gather_dim=0, group=dist.group.WORLD)
     return functional_collectives.wait_tensor(gathered)
 
 
