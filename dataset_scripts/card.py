@@ -6,16 +6,16 @@ from datasets import DatasetInfo, Features, Image, List, SplitDict, SplitInfo, V
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
-from dataset_scripts.shards import IMAGE_FIELD, load_manifest, verify_output
+from dataset_scripts.shards import load_manifest, verify_output
 from modeling_unimedclip.hub import push_folder_to_hub
-from modeling_unimedclip.unimed_sources import MODALITIES, SOURCES
+from modeling_unimedclip.unimed_sources import IMAGE_FIELD, MODALITIES, RECORD_FIELD, SOURCES
 
 # Declared for every config: without them the webdataset builder would type `.image` members as raw bytes, and the
 # `json` struct is fixed so that every source and modality yields the same columns.
 FEATURES = Features(
     {
         IMAGE_FIELD: Image(),
-        "json": {
+        RECORD_FIELD: {
             "source": Value("string"),
             "modality": Value("string"),
             "captions": List(Value("string")),

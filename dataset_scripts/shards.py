@@ -28,10 +28,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset_scripts.readers import READERS, RawSample
-from modeling_unimedclip.unimed_sources import MODALITIES, get_source
+from modeling_unimedclip.unimed_sources import IMAGE_FIELD, MODALITIES, RECORD_FIELD, get_source
 
 MANIFEST = "manifest.json"
-IMAGE_FIELD = "image"  # members are `<key>.image`: one column for every image format, typed by the card's features
 PARTIAL_SUFFIX = ".partial"
 MISSING_IMAGE, UNREADABLE_IMAGE, NO_CAPTION = "missing image", "unreadable image", "no caption"
 JPEG_QUALITY = 95
@@ -162,7 +161,7 @@ def write_shard(output: Path, task: ShardTask) -> dict:
                     continue
                 record = json.dumps(sample_record(sample, resized_from), ensure_ascii=False)
                 _add_member(tar, f"{key}.{IMAGE_FIELD}", image)
-                _add_member(tar, f"{key}.json", record.encode("utf-8"))
+                _add_member(tar, f"{key}.{RECORD_FIELD}", record.encode("utf-8"))
                 written += 1
         file.flush()
         os.fsync(file.fileno())

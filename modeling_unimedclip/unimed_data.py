@@ -55,11 +55,16 @@ from transformers import PreTrainedTokenizerBase
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .processing_unimedclip import CONTEXT_LENGTH, clean_text
-from .unimed_sources import FIRST, MODALITIES, RANDOM_OF_FIRST_10, REPORT_ELSE_RANDOM_OF_FIRST_10, get_source
+from .unimed_sources import (
+    FIRST,
+    IMAGE_FIELD,
+    MODALITIES,
+    RANDOM_OF_FIRST_10,
+    RECORD_FIELD,
+    REPORT_ELSE_RANDOM_OF_FIRST_10,
+    get_source,
+)
 
-# The two members of a sample in a shard: `<key>.image` (the image bytes as the source shipped them) and `<key>.json`.
-IMAGE_FIELD = "image"
-RECORD_FIELD = "json"
 SKIP_REASONS = ("truncated_shard", "missing_member", "bad_record", "no_caption", "bad_image")
 SKIPPED_KEY = "__skipped__"  # per sample: {reason: count} of the samples dropped just before it by this worker
 

@@ -2,6 +2,11 @@
 
 from dataclasses import dataclass
 
+# The two tar members of a sample in a UniMed shard: `<key>.image`, the image bytes as the source shipped them (one
+# member name for every image format, typed `Image()` by the card's declared features), and `<key>.json`, its record.
+IMAGE_FIELD = "image"
+RECORD_FIELD = "json"
+
 # Dataset configs on the Hub, one per modality, plus `all`. RadImageNet samples go to `ct`, `mri` or `ultrasound`
 # by their image path; figure collections (PMC-OA, ROCOv2, LLaVA-Med) are `mixed`.
 MODALITIES = ("xray", "ct", "mri", "ultrasound", "pathology", "fundus", "mixed")
