@@ -8,6 +8,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
 from dataset_scripts.shards import load_manifest, verify_output
 from modeling_unimedclip.hub import push_folder_to_hub
+from modeling_unimedclip.model_card import CITATION
 from modeling_unimedclip.unimed_sources import IMAGE_FIELD, MODALITIES, RECORD_FIELD, SOURCES
 
 # Declared for every config: without them the webdataset builder would type `.image` members as raw bytes, and the
@@ -30,12 +31,6 @@ FEATURES = Features(
     }
 )
 ALL_CONFIG = "all"
-CITATION = """@article{khattak2024unimed,
-  title={UniMed-CLIP: Towards a Unified Image-Text Pretraining Paradigm for Diverse Medical Imaging Modalities},
-  author={Khattak, Muhammad Uzair and Kunhimon, Shahina and Naseer, Muzammal and Khan, Salman and Khan, Fahad Shahbaz},
-  journal={arXiv preprint arXiv:2412.10372},
-  year={2024}
-}"""
 
 CARD_TEMPLATE = Path(__file__).with_name("dataset_card_template.md")
 

@@ -29,6 +29,13 @@ TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
 
 # Hub namespace of the transformers-native release; the released cards in model_cards/ are rendered for it.
 RELEASE_NAMESPACE = "unimed-clip"
+# The paper, for the model cards and the dataset card.
+CITATION = """@article{khattak2024unimed,
+  title={UniMed-CLIP: Towards a Unified Image-Text Pretraining Paradigm for Diverse Medical Imaging Modalities},
+  author={Khattak, Muhammad Uzair and Kunhimon, Shahina and Naseer, Muzammal and Khan, Salman and Khan, Fahad Shahbaz},
+  journal={arXiv preprint arXiv:2412.10372},
+  year={2024}
+}"""
 # The original authors' checkpoints (open_clip training files) that `convert.py` turns into the released repos.
 ORIGINAL_CHECKPOINTS = {
     "b16": "UzairK/unimed-clip-vit-b16",
@@ -251,6 +258,7 @@ def render_model_card(
         results=results,
         eval_modalities=EVAL_MODALITIES,
         paper_results=PAPER_RESULTS,
+        citation=CITATION,
         variant_titles=VARIANT_TITLES,
         sources=list(SOURCES.values()),
         captions=CAPTIONS,
