@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import math
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from modeling_unimedclip.training.checkpointing import (
 from modeling_unimedclip.training.config import RESUMABLE_CHANGES, ConfigurationError, TrainingConfig, parse_args
 from modeling_unimedclip.training.evaluation import ZeroShotHook
 from modeling_unimedclip.training.loss import ContrastiveTrainingModel
+from modeling_unimedclip.training.memory import peak_memory_gib
 from modeling_unimedclip.training.model import build_model_and_processor
 from modeling_unimedclip.training.optim import build_optimizer, build_scheduler
 from modeling_unimedclip.training.publishing import BackgroundPusher
@@ -81,12 +81,6 @@ def check_run_config(config: TrainingConfig) -> None:
         raise ConfigurationError(
             f"{config.output_dir} already has checkpoints: pass --resume latest or a new --output-dir."
         )
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Path:

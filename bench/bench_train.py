@@ -15,7 +15,6 @@ to bench/results/.
 import argparse
 import json
 import math
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -27,20 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import build_models, synthetic_batch, timed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from modeling_unimedclip.training.config import build_config  # noqa: E402
 from modeling_unimedclip.training.loss import ContrastiveTrainingModel  # noqa: E402
-from modeling_unimedclip.training.optim import parameter_groups  # noqa: E402
-
-
-def adamw(model: torch.nn.Module, device: torch.device) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        parameter_groups(model, 0.2), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda"
-    )
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+from modeling_unimedclip.training.memory import peak_memory_gib  # noqa: E402
+from modeling_unimedclip.training.optim import build_optimizer  # noqa: E402
 
 
 def measure(step, repeats: int, device: torch.device) -> tuple[float, float]:
@@ -85,7 +74,9 @@ def main() -> None:
     )
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     clip_loss = ClipLoss()
-    reference_optimizer, ours_optimizer = adamw(reference, device), adamw(ours_training, device)
+    recipe = build_config("b16")  # the paper's AdamW settings and weight-decay groups, for both models
+    reference_optimizer = build_optimizer(reference, recipe, device)
+    ours_optimizer = build_optimizer(ours_training, recipe, device)
 
     def reference_step():
         with autocast:
