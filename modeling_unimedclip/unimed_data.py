@@ -29,7 +29,6 @@ import io
 import json
 import math
 import random
-import re
 import tarfile
 import warnings
 from collections import Counter
@@ -48,6 +47,7 @@ from datasets import (
     load_dataset_builder,
 )
 from datasets.distributed import split_dataset_by_node
+from datasets.packaged_modules.webdataset.webdataset import base_plus_ext
 from datasets.utils.file_utils import xopen
 from PIL import Image
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -81,8 +81,6 @@ _RAW_FEATURES = Features(
         "error": Value("string"),
     }
 )
-# WebDataset's convention: the key is the member path up to the first dot of its file name.
-_MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
 def _read_samples(shard_urls: list[str], token: str | bool | None) -> Iterator[dict[str, Any]]:
@@ -94,10 +92,10 @@ def _read_samples(shard_urls: list[str], token: str | bool | None) -> Iterator[d
             with xopen(url, "rb", block_size=0, download_config=download_config) as file:
                 with tarfile.open(fileobj=file, mode="r|") as tar:
                     for member in tar:
-                        match = _MEMBER_NAME.match(member.name)
-                        if not member.isfile() or match is None:
+                        # The key is the member path up to the first dot of its file name, as `load_dataset` reads it.
+                        key, field = base_plus_ext(member.name)
+                        if not member.isfile() or key is None:
                             continue
-                        key, field = match.groups()
                         if sample and sample["__key__"] != key:
                             yield sample
                             sample = {}
