@@ -12,7 +12,7 @@ model card -> AutoModel and the zero-shot pipeline.
 
 With real data the same commands do the real job: `build.py --source <id> --root RAW --annotations FILE`,
 `train.py --config b16 --data ORG/UniMed`, `evaluate_zero_shot.py --data-root EVAL_DATA`, and publishing with
-`python -m modeling_unimedclip.publish model DIR --repo-id ORG/NAME`.
+`unimedclip publish model DIR --repo-id ORG/NAME`.
 """
 
 import argparse
@@ -29,8 +29,8 @@ from PIL import Image
 from transformers import AutoModel, AutoProcessor, BertTokenizer, pipeline
 
 from dataset_scripts.synthetic import caption_corpus, write_synthetic_rocov2
-from modeling_unimedclip.training.card import training_model_card
-from modeling_unimedclip.training.config import build_config
+from unimedclip.release.model_card import model_card_for_directory
+from unimedclip.training.config import build_config
 
 ROOT = Path(__file__).resolve().parent
 DEMO_REPO_ID = "unimed-clip/unimed-clip-demo"
@@ -159,7 +159,10 @@ def main(argv: list[str] | None = None) -> None:
 
     stage(6, "Writing the model card from the evaluation results")
     run_config = build_config(str(run_dir / "config.yaml"), {"push_to_hub": DEMO_REPO_ID})
-    training_model_card(model_dir, run_config, evaluation / "results.json").save(model_dir / "README.md")
+    card = model_card_for_directory(
+        model_dir, results_path=evaluation / "results.json", **run_config.model_card_fields()
+    )
+    card.save(model_dir / "README.md")
     print(f"  {model_dir / 'README.md'}")
 
     stage(7, "Reloading with AutoModel and the zero-shot pipeline")

@@ -11,18 +11,32 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0 (code); model weights cc-by-nc-4.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_unimedclip", "modeling_unimedclip.*", "dataset_scripts"]),
+    packages=find_packages(include=["modeling_unimedclip", "unimedclip", "unimedclip.*", "dataset_scripts"]),
     package_data={
-        "modeling_unimedclip": [
-            "prompt_templates.json",
-            "model_card_template.md",
+        "unimedclip": [
+            "inference/prompt_templates.json",
+            "release/*_template.md",
             "evaluation/catalog.json",
             "evaluation/prompts/*.json",
             "evaluation/metrics/*/*.py",
         ],
-        "dataset_scripts": ["dataset_card_template.md", "caption_prompts.json"],
+        "dataset_scripts": ["caption_prompts.json"],
     },
-    entry_points={"console_scripts": ["unimedclip = modeling_unimedclip.cli:main"]},
+    entry_points={
+        "console_scripts": ["unimedclip = unimedclip.cli:main"],
+        # `unimedclip <name>`: each a `main(argv, prog)` (unimedclip/cli.py).
+        "unimedclip.commands": [
+            "build = dataset_scripts.build:main",
+            "caption = dataset_scripts.caption:main",
+            "card = unimedclip.release.model_card:main",
+            "convert = unimedclip.release.convert:main",
+            "evaluate = unimedclip.evaluation.command:main",
+            "export = unimedclip.release.export_open_clip:main",
+            "import-prompts = unimedclip.evaluation.import_prompts:main",
+            "predict = unimedclip.inference.predict:main",
+            "publish = unimedclip.release.publish:main",
+        ],
+    },
     install_requires=[
         "torch>=2.6",
         "transformers>=5.0,<6",

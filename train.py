@@ -12,7 +12,7 @@ micro-batches (`batch_size = micro_batch_size x processes x accumulation steps`;
 Contrastive negatives are the pairs of one micro-step on all processes (`micro_batch_size x processes`): they do not
 span accumulated micro-batches, and the step's gradient is the mean of its micro-steps' gradients. With no
 accumulation (the original: 128 x 16 GPUs) negatives are the whole global batch, and the loss and gradients equal
-those of one process on that batch (see modeling_unimedclip/training/loss.py).
+those of one process on that batch (see unimedclip/training/loss.py).
 
 Checkpoints (`<output-dir>/checkpoints/step-N/`, atomic, newest `keep_checkpoints` kept) hold accelerate's state, every
 process's data-stream position and a transformers export in `model/`. The final model, its processor and a model card
@@ -34,8 +34,9 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from modeling_unimedclip.training.card import training_model_card
-from modeling_unimedclip.training.checkpointing import (
+from unimedclip.data import UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
+from unimedclip.release.model_card import model_card_for_directory
+from unimedclip.training.checkpointing import (
     CheckpointWriteError,
     DataStreamState,
     list_checkpoints,
@@ -43,14 +44,13 @@ from modeling_unimedclip.training.checkpointing import (
     resolve_resume,
     save_checkpoint,
 )
-from modeling_unimedclip.training.config import RESUMABLE_CHANGES, ConfigurationError, TrainingConfig, parse_args
-from modeling_unimedclip.training.evaluation import ZeroShotHook
-from modeling_unimedclip.training.loss import ContrastiveTrainingModel
-from modeling_unimedclip.training.memory import peak_memory_gib
-from modeling_unimedclip.training.model import build_model_and_processor
-from modeling_unimedclip.training.optim import build_optimizer, build_scheduler
-from modeling_unimedclip.training.publishing import BackgroundPusher
-from modeling_unimedclip.unimed_data import UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
+from unimedclip.training.config import RESUMABLE_CHANGES, ConfigurationError, TrainingConfig, parse_args
+from unimedclip.training.loss import ContrastiveTrainingModel, create_loss
+from unimedclip.training.memory import peak_memory_gib
+from unimedclip.training.model import build_model_and_processor
+from unimedclip.training.optim import build_optimizer, build_scheduler
+from unimedclip.training.uploads import BackgroundPusher
+from unimedclip.training.zero_shot_hook import ZeroShotHook
 
 MAX_LOGIT_SCALE = math.log(100)
 logger = logging.getLogger("train")
@@ -121,7 +121,8 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
     if config.compile:
         model.vision_model.compile()
         model.text_model.compile()
-    training_model = ContrastiveTrainingModel(model)
+    loss_fn = create_loss(config.loss, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    training_model = ContrastiveTrainingModel(model, loss_fn)
     optimizer = build_optimizer(training_model, config, accelerator.device)
     scheduler = build_scheduler(optimizer, config)
     training_model, optimizer, scheduler = accelerator.prepare(training_model, optimizer, scheduler)
@@ -241,7 +242,7 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
         final_dir = output_dir / "final"
         export_model(final_dir)
         if accelerator.is_main_process:
-            training_model_card(final_dir, config).save(final_dir / "README.md")
+            model_card_for_directory(final_dir, **config.model_card_fields()).save(final_dir / "README.md")
             if pusher is not None:
                 pusher.push(final_dir, "UniMed-CLIP, end of training")
         accelerator.wait_for_everyone()

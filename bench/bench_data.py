@@ -105,7 +105,7 @@ def baseline_batches(urls: list[str], image_size: int, batch_size: int, tokenize
 
 
 def our_batches(root: Path, image_size: int, batch_size: int, tokenizer) -> Iterable:
-    from modeling_unimedclip.unimed_data import UniMedCollator, load_unimed, unimed_dataloader
+    from unimedclip.data import UniMedCollator, load_unimed, unimed_dataloader
 
     dataset = load_unimed(str(root), weights={"xray": 1.0}, image_size=image_size)
     return unimed_dataloader(dataset, batch_size=batch_size, num_workers=0, collate_fn=UniMedCollator(tokenizer))

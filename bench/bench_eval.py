@@ -21,13 +21,9 @@ from PIL import Image
 from transformers import BertTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling_unimedclip import (  # noqa: E402
-    UniMedCLIPConfig,
-    UniMedCLIPImageProcessor,
-    UniMedCLIPModel,
-    UniMedCLIPProcessor,
-)
-from modeling_unimedclip.evaluation import EvalDataset, Evaluator, Sample  # noqa: E402
+from modeling_unimedclip import UniMedCLIPImageProcessor, UniMedCLIPModel, UniMedCLIPProcessor  # noqa: E402
+from unimedclip.evaluation import EvalDataset, Evaluator, Sample  # noqa: E402
+from unimedclip.variants import VARIANTS  # noqa: E402
 
 WORDS = "chest x ray ct scan liver lung kidney heart brain tumor normal mass effusion showing with of a the".split()
 
@@ -60,7 +56,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = UniMedCLIPModel(UniMedCLIPConfig.from_variant(args.variant)).to(args.device).eval()
+    model = UniMedCLIPModel(VARIANTS[args.variant].config()).to(args.device).eval()
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}, model_max_length=256)
     size = model.config.vision_config.image_size

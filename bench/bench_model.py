@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling_unimedclip import UniMedCLIPConfig, UniMedCLIPModel  # noqa: E402
-from modeling_unimedclip.original_format import open_clip_to_hf  # noqa: E402
+from modeling_unimedclip import UniMedCLIPModel  # noqa: E402
 from modeling_unimedclip.processing_unimedclip import CONTEXT_LENGTH  # noqa: E402
+from unimedclip.release.original_format import open_clip_to_hf  # noqa: E402
+from unimedclip.variants import VARIANTS  # noqa: E402
 
 
 def build_models(variant: str, bert_dir: Path) -> tuple[torch.nn.Module, UniMedCLIPModel]:
-    config = UniMedCLIPConfig.from_variant(variant)
+    config = VARIANTS[variant].config()
     config.text_config.save_pretrained(bert_dir)
     vision = config.vision_config
     reference = open_clip.CustomTextCLIP(

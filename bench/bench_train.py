@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import build_models, synthetic_batch, timed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling_unimedclip.training.config import build_config  # noqa: E402
-from modeling_unimedclip.training.loss import ContrastiveTrainingModel  # noqa: E402
-from modeling_unimedclip.training.memory import peak_memory_gib  # noqa: E402
-from modeling_unimedclip.training.optim import build_optimizer  # noqa: E402
+from unimedclip.training.config import build_config  # noqa: E402
+from unimedclip.training.loss import ContrastiveTrainingModel, create_loss  # noqa: E402
+from unimedclip.training.memory import peak_memory_gib  # noqa: E402
+from unimedclip.training.optim import build_optimizer  # noqa: E402
 
 
 def measure(step, repeats: int, device: torch.device) -> tuple[float, float]:
@@ -68,7 +68,7 @@ def main() -> None:
     if args.compile:
         ours.vision_model.compile()
         ours.text_model.compile()
-    ours_training = ContrastiveTrainingModel(ours)
+    ours_training = ContrastiveTrainingModel(ours, create_loss("infonce"))
     pixel_values, padded, dynamic, mask = synthetic_batch(
         ours, args.batch_size, args.min_tokens, args.max_tokens, device, generator
     )

@@ -164,8 +164,10 @@ def make_backend(args: argparse.Namespace) -> CaptionBackend:
     return PipelineBackend(args.llm, sampling, device=args.device)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", required=True, help="image folder (a subfolder per class), CSV or HF dataset")
     parser.add_argument("--modality", required=True, choices=caption_modalities())
     parser.add_argument("--llm", required=True, help="local model or Hub id, endpoint model name, or 'template'")
@@ -195,8 +197,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> CaptionSummary:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> CaptionSummary:
+    args = parse_args(argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     images = load_labelled_images(args.dataset, args.split, args.path_column, args.label_column, args.onehot_columns)
     if not images:

@@ -81,11 +81,9 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
 
 
-def read_hf_dataset(name: str, split: str, label_columns: list[str] | None = None) -> list[LabelledImage]:
-    """A Hub dataset, a local dataset directory or a `save_to_disk` folder. Labels come from `label_columns`, else from
-    every ClassLabel (or list of ClassLabel) column, else from a `label`/`labels` column."""
+def open_hf_dataset(name: str, split: str):
+    """One split of a Hub dataset, a local dataset directory or a `save_to_disk` folder."""
     import datasets
-    from tqdm import tqdm
 
     if _is_saved_dataset(Path(name)):
         dataset = datasets.load_from_disk(name)
@@ -95,6 +93,17 @@ def read_hf_dataset(name: str, split: str, label_columns: list[str] | None = Non
         if split not in dataset:
             raise ValueError(f"{name} has no split {split!r}; its splits are {list(dataset)}")
         dataset = dataset[split]
+    return dataset
+
+
+def read_hf_dataset(name: str, split: str, label_columns: list[str] | None = None) -> list[LabelledImage]:
+    """A Hub dataset, a local dataset directory or a `save_to_disk` folder, its images referenced as `<split>/<row>`.
+    Labels come from `label_columns`, else from every ClassLabel (or list of ClassLabel) column, else from a
+    `label`/`labels` column."""
+    import datasets
+    from tqdm import tqdm
+
+    dataset = open_hf_dataset(name, split)
     features = dataset.features
 
     def is_class_label(feature: object) -> bool:
@@ -111,11 +120,7 @@ def read_hf_dataset(name: str, split: str, label_columns: list[str] | None = Non
                 f"{name} has no ClassLabel or label column; pass --label-column (columns: {list(features)})"
             )
     _require_columns(name, list(features), label_columns)
-    image_column = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
-    columns = label_columns + [image_column] if image_column else label_columns
-    dataset = dataset.select_columns(columns)
-    if image_column:  # the stored file name is all we need: skip decoding
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    dataset = dataset.select_columns(label_columns)
 
     def names(column: str, value: object) -> tuple[str, ...]:
         feature = features[column]
@@ -127,10 +132,21 @@ def read_hf_dataset(name: str, split: str, label_columns: list[str] | None = Non
 
     images = []
     for index, row in enumerate(tqdm(dataset, desc=f"reading {name}", unit="row")):
-        stored_path = row[image_column]["path"] if image_column else None
         labels = tuple(dict.fromkeys(label for column in label_columns for label in names(column, row[column])))
-        images.append(LabelledImage(stored_path or f"{split}/{index}", labels))
+        images.append(LabelledImage(f"{split}/{index}", labels))
     return images
+
+
+def dataset_kind(dataset: str) -> str:
+    """How `dataset` is read: `"csv"` (a `.csv` file), `"folder"` (a folder of class subfolders of images) or `"hf"`
+    (a Hugging Face dataset: a Hub id, a local dataset directory or a `save_to_disk` folder)."""
+    local = Path(dataset)
+    if local.suffix.lower() == ".csv":
+        return "csv"
+    if local.is_dir() and not _is_saved_dataset(local):
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in local.rglob("*")):
+            return "folder"
+    return "hf"
 
 
 def load_labelled_images(
@@ -140,13 +156,12 @@ def load_labelled_images(
     label_columns: list[str] | None = None,
     onehot_columns: list[str] | None = None,
 ) -> list[LabelledImage]:
-    """Dispatches on `dataset`: a `.csv` file, a folder of class subfolders, or else a Hugging Face dataset."""
-    local = Path(dataset)
-    if local.suffix.lower() == ".csv":
-        if not local.is_file():
-            raise FileNotFoundError(f"no CSV file at {local}")
-        return read_csv(local, path_column, label_columns or ["label"], onehot_columns)
-    if local.is_dir() and not _is_saved_dataset(local):
-        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in local.rglob("*")):
-            return read_image_folder(local)
+    """Reads `dataset` as `dataset_kind` says."""
+    kind = dataset_kind(dataset)
+    if kind == "csv":
+        if not Path(dataset).is_file():
+            raise FileNotFoundError(f"no CSV file at {dataset}")
+        return read_csv(Path(dataset), path_column, label_columns or ["label"], onehot_columns)
+    if kind == "folder":
+        return read_image_folder(Path(dataset))
     return read_hf_dataset(dataset, split, label_columns)

@@ -2,7 +2,8 @@
 
 A reader takes the annotation file, or the folder holding it under its published name, and yields image paths
 relative to the source's raw root (the original scripts' `--parent_dataset_path`). Readers never open images: the
-shard writer does, and skips missing or corrupt ones.
+shard writer does, and skips missing, corrupt or out-of-root ones. `read_captions` reads the output of
+`dataset_scripts/caption.py` for a source of one's own.
 """
 
 import ast
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from modeling_unimedclip.unimed_sources import get_source
+from unimedclip.data.sources import Source, get_source
 
 # Published annotation file names, looked up when `annotations` is a folder.
 ANNOTATION_FILES = {
@@ -211,6 +212,27 @@ def read_retina_deepeyenet(annotations: Path) -> Iterator[RawSample]:
 def read_retina_mm_retinal(annotations: Path) -> Iterator[RawSample]:
     for _, row in csv_rows(annotation_file("retina_mm_retinal", annotations), ("image", "caption")):
         yield RawSample("retina_mm_retinal", row["image"], [row["caption"]])
+
+
+def read_captions(captions: Path, source: Source) -> Iterator[RawSample]:
+    """The JSON lines `dataset_scripts/caption.py` writes, `{"path", "labels", "captions"}`, as samples of `source`."""
+    if not captions.is_file():
+        raise FileNotFoundError(f"Captions file not found: {captions}.")
+    with captions.open(encoding="utf-8") as file:
+        for line_number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            where = f"{captions}, line {line_number}"
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{where}: not a JSON line ({error}).") from None
+            if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+                raise ValueError(f"{where}: expected an object with a `path` string, as caption.py writes.")
+            captions_list, labels = row.get("captions"), row.get("labels", [])
+            if not all(isinstance(v, list) and all(isinstance(c, str) for c in v) for v in (captions_list, labels)):
+                raise ValueError(f"{where}: `captions` and `labels` must be lists of strings.")
+            yield RawSample(source.id, row["path"], captions_list, labels=labels, modality=source.modality)
 
 
 def _llm_caption_reader(source: str) -> Reader:

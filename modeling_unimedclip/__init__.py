@@ -1,9 +1,15 @@
-"""UniMed-CLIP for Hugging Face transformers.
+"""The UniMed-CLIP remote-code bundle: exactly the modules that `save_pretrained` copies next to the weights, for
+users who load a model with `trust_remote_code=True` and without this project installed.
 
-Importing this package registers the model with the transformers auto classes, so `AutoModel`, `AutoProcessor` and
-`pipeline("zero-shot-image-classification", model=...)` work on UniMed-CLIP directories and Hub repositories. The
-`configuration_`, `modeling_`, `image_processing_` and `processing_unimedclip.py` modules are also the remote-code
-bundle that `save_pretrained` copies next to the weights for users loading with `trust_remote_code=True`.
+    configuration_unimedclip.py      the configuration (dimensions only)
+    modeling_unimedclip.py           the model
+    image_processing_unimedclip.py   the image processor
+    processing_unimedclip.py         the processor (tokenizer and image processor)
+    dicom_unimedclip.py              DICOM pixel data to display values, for the image processor
+
+The modules import nothing of this project outside this folder (`tests/test_layout.py` checks it). This `__init__`
+is not shipped: importing the package registers the classes with the transformers auto classes, so `AutoModel`,
+`AutoProcessor` and `pipeline(...)` work on UniMed-CLIP directories without `trust_remote_code`.
 """
 
 from transformers import (
@@ -14,7 +20,7 @@ from transformers import (
     AutoProcessor,
 )
 
-from .configuration_unimedclip import VARIANTS, UniMedCLIPConfig
+from .configuration_unimedclip import UniMedCLIPConfig
 from .image_processing_unimedclip import UniMedCLIPImageProcessor
 from .modeling_unimedclip import UniMedCLIPModel, UniMedCLIPPreTrainedModel
 from .processing_unimedclip import UniMedCLIPProcessor
@@ -36,7 +42,6 @@ UniMedCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
 UniMedCLIPProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
-    "VARIANTS",
     "UniMedCLIPConfig",
     "UniMedCLIPImageProcessor",
     "UniMedCLIPModel",

@@ -14,9 +14,8 @@ if version.parse(transformers.__version__).major < 5:
         "mis-load the vision tower. Upgrade with `pip install -U 'transformers>=5'`."
     )
 
-# Dimensions of the three released checkpoints; their text towers are
-# microsoft/BiomedNLP-BiomedBERT-{base,large}-uncased-abstract.
-_VIT_B16_224 = dict(
+# Tower shapes of the released checkpoints; which variant combines which is recorded in `unimedclip.variants`.
+VIT_B16_224 = dict(
     image_size=224,
     patch_size=16,
     hidden_size=768,
@@ -24,7 +23,7 @@ _VIT_B16_224 = dict(
     num_attention_heads=12,
     intermediate_size=3072,
 )
-_VIT_L14_336 = dict(
+VIT_L14_336 = dict(
     image_size=336,
     patch_size=14,
     hidden_size=1024,
@@ -32,8 +31,9 @@ _VIT_L14_336 = dict(
     num_attention_heads=16,
     intermediate_size=4096,
 )
-_BIOMEDBERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-_BIOMEDBERT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+# microsoft/BiomedNLP-BiomedBERT-{base,large}-uncased-abstract
+BIOMEDBERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+BIOMEDBERT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 
 AUTO_MAP = {
     "AutoConfig": "configuration_unimedclip.UniMedCLIPConfig",
@@ -43,19 +43,13 @@ AUTO_MAP = {
     "AutoImageProcessor": "image_processing_unimedclip.UniMedCLIPImageProcessor",
 }
 
-VARIANTS: dict[str, dict] = {
-    "b16": dict(vision_config=_VIT_B16_224, text_config=_BIOMEDBERT_BASE, projection_dim=512),
-    "l14-336-base": dict(vision_config=_VIT_L14_336, text_config=_BIOMEDBERT_BASE, projection_dim=768),
-    "l14-336-large": dict(vision_config=_VIT_L14_336, text_config=_BIOMEDBERT_LARGE, projection_dim=768),
-}
-
 
 @strict
 class UniMedCLIPConfig(PreTrainedConfig):
     r"""
     Configuration of a [`UniMedCLIPModel`]: a CLIP ViT image tower (QuickGELU) and a BERT text tower whose last-layer
     [CLS] state goes through a bias-free Linear-GELU-Linear head. The defaults give the released ViT-B/16 model;
-    [`UniMedCLIPConfig.from_variant`] gives any of the three released shapes.
+    `unimedclip.variants.VARIANTS[name].config()` gives any of the three released shapes.
 
     vision_config (`dict` or `CLIPVisionConfig`, *optional*):
         The image tower. The original towers use `hidden_act="quick_gelu"` and LayerNorm eps 1e-5.
@@ -72,15 +66,18 @@ class UniMedCLIPConfig(PreTrainedConfig):
 
     ```python
     >>> from modeling_unimedclip import UniMedCLIPConfig, UniMedCLIPModel
+    >>> from modeling_unimedclip.configuration_unimedclip import BIOMEDBERT_BASE, VIT_L14_336
 
-    >>> config = UniMedCLIPConfig.from_variant("l14-336-base")
+    >>> config = UniMedCLIPConfig(
+    ...     vision_config={**VIT_L14_336, "hidden_act": "quick_gelu"}, text_config=BIOMEDBERT_BASE, projection_dim=768
+    ... )
     >>> model = UniMedCLIPModel(config)
     ```"""
 
     model_type = "unimed_clip"
     sub_configs_defaults = {
-        "vision_config": SubConfigSpec(CLIPVisionConfig, init_kwargs={**_VIT_B16_224, "hidden_act": "quick_gelu"}),
-        "text_config": SubConfigSpec(BertConfig, init_kwargs=_BIOMEDBERT_BASE),
+        "vision_config": SubConfigSpec(CLIPVisionConfig, init_kwargs={**VIT_B16_224, "hidden_act": "quick_gelu"}),
+        "text_config": SubConfigSpec(BertConfig, init_kwargs=BIOMEDBERT_BASE),
     }
 
     vision_config: dict | CLIPVisionConfig | None = None
@@ -104,21 +101,5 @@ class UniMedCLIPConfig(PreTrainedConfig):
         if self.text_head_hidden_size is not None and self.text_head_hidden_size <= 0:
             raise ValueError(f"text_head_hidden_size must be positive, got {self.text_head_hidden_size}.")
 
-    @classmethod
-    def from_variant(cls, variant: str, **kwargs) -> "UniMedCLIPConfig":
-        """Configuration of a released checkpoint: `"b16"`, `"l14-336-base"` or `"l14-336-large"`.
 
-        Keyword arguments override top-level fields (e.g. `logit_scale_init_value`).
-        """
-        if variant not in VARIANTS:
-            raise ValueError(f"Unknown UniMed-CLIP variant {variant!r}; choose one of {sorted(VARIANTS)}.")
-        preset = VARIANTS[variant]
-        return cls(
-            vision_config=CLIPVisionConfig(**preset["vision_config"], hidden_act="quick_gelu"),
-            text_config=BertConfig(**preset["text_config"]),
-            projection_dim=preset["projection_dim"],
-            **kwargs,
-        )
-
-
-__all__ = ["UniMedCLIPConfig", "VARIANTS"]
+__all__ = ["UniMedCLIPConfig"]

@@ -388,7 +388,7 @@ def test_hf_dataset_inputs(tmp_path, monkeypatch):
     datasets.DatasetDict({"train": multi}).save_to_disk(tmp_path / "saved")
     images = load_labelled_images(str(tmp_path / "saved"))
     assert [image.labels for image in images] == [("Cardiomegaly", "Edema"), ("No Finding",)]
-    assert images[0].path.endswith("p.png")
+    assert [image.path for image in images] == ["train/0", "train/1"]  # rows, which the shard builder reads
     with pytest.raises(ValueError, match="no split 'test'"):
         load_labelled_images(str(tmp_path / "saved"), split="test")
 

@@ -9,11 +9,11 @@ import torch
 from reference import open_clip_model, original_checkpoint, save_numpy1_style
 
 from modeling_unimedclip import UniMedCLIPModel
-from modeling_unimedclip import hub as hub_module
-from modeling_unimedclip.convert import convert_checkpoint
-from modeling_unimedclip.convert import main as convert_main
-from modeling_unimedclip.export_open_clip import export_open_clip
-from modeling_unimedclip.original_format import load_original_checkpoint
+from unimedclip.release import hub as hub_module
+from unimedclip.release.convert import convert_checkpoint
+from unimedclip.release.convert import main as convert_main
+from unimedclip.release.export_open_clip import export_open_clip
+from unimedclip.release.original_format import load_original_checkpoint
 
 SHAPE = dict(image_size=32, patch_size=16)
 

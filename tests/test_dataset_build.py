@@ -5,6 +5,7 @@ import hashlib
 import json
 import tarfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,10 +16,16 @@ import yaml
 from datasets import load_dataset
 from PIL import Image
 
-from dataset_scripts import build, shards
-from dataset_scripts.card import push_dataset_to_hub, render_card
-from dataset_scripts.readers import READERS, RawSample, literal_list
-from dataset_scripts.shards import BuildSettings, build_source, plan_shards, verify_output
+from dataset_scripts import build, caption, shards
+from dataset_scripts.build import build_registered
+from dataset_scripts.images import FolderImages
+from dataset_scripts.readers import READERS, RawSample, literal_list, read_captions
+from dataset_scripts.shards import BuildSettings, plan_shards
+from unimedclip.data import load_unimed
+from unimedclip.data.manifest import verify_output
+from unimedclip.data.sources import SOURCES, captioned_source, get_source
+from unimedclip.release.dataset_card import render_card
+from unimedclip.release.hub import push_dataset_to_hub
 
 SETTINGS = BuildSettings(shard_size=2, shard_multiple=2)
 
@@ -194,7 +201,7 @@ def raw_sources(tmp_path_factory) -> dict[str, RawSource]:
 def built(raw_sources, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("unimed")
     for source, raw in raw_sources.items():
-        build_source(source, raw.root, raw.annotations, output, SETTINGS)
+        build_registered(source, raw.root, raw.annotations, output, SETTINGS)
     render_card(output)
     return output
 
@@ -287,7 +294,7 @@ def test_missing_and_corrupt_images_are_skipped_and_counted(tmp_path, raw_source
 def test_interrupted_build_resumes_to_identical_bytes(tmp_path, raw_sources, monkeypatch):
     raw = raw_sources["radimagenet"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    build_source("radimagenet", raw.root, raw.annotations, reference, SETTINGS)
+    build_registered("radimagenet", raw.root, raw.annotations, reference, SETTINGS)
 
     write_shard, calls = shards.write_shard, []
 
@@ -300,28 +307,28 @@ def test_interrupted_build_resumes_to_identical_bytes(tmp_path, raw_sources, mon
 
     monkeypatch.setattr(shards, "write_shard", crash_after_three)
     with pytest.raises(KeyboardInterrupt):
-        build_source("radimagenet", raw.root, raw.annotations, resumed, SETTINGS)
+        build_registered("radimagenet", raw.root, raw.annotations, resumed, SETTINGS)
     calls.clear()
     monkeypatch.setattr(
         shards, "write_shard", lambda output, task: calls.append(task.path) or write_shard(output, task)
     )
-    build_source("radimagenet", raw.root, raw.annotations, resumed, SETTINGS)
+    build_registered("radimagenet", raw.root, raw.annotations, resumed, SETTINGS)
     assert len(calls) == 6 - 3  # the three finished shards were verified and kept
     assert folder_bytes(resumed) == folder_bytes(reference)
 
 
 def test_altered_shard_is_rewritten_and_conflicting_settings_refused(tmp_path, raw_sources):
     raw = raw_sources["openi"]
-    build_source("openi", raw.root, raw.annotations, tmp_path, SETTINGS)
+    build_registered("openi", raw.root, raw.annotations, tmp_path, SETTINGS)
     reference = folder_bytes(tmp_path)
     shard = next((tmp_path / "data/xray").glob("*.tar"))
     shard.write_bytes(b"corrupted")
     with pytest.raises(ValueError, match="missing or altered"):
         verify_output(tmp_path)
-    build_source("openi", raw.root, raw.annotations, tmp_path, SETTINGS)
+    build_registered("openi", raw.root, raw.annotations, tmp_path, SETTINGS)
     assert folder_bytes(tmp_path) == reference
     with pytest.raises(ValueError, match="built with"):
-        build_source("openi", raw.root, raw.annotations, tmp_path, BuildSettings(shard_size=1, shard_multiple=2))
+        build_registered("openi", raw.root, raw.annotations, tmp_path, BuildSettings(shard_size=1, shard_multiple=2))
     (tmp_path / "data/xray/stray.tar").write_bytes(b"")
     with pytest.raises(ValueError, match="not in the manifest"):
         verify_output(tmp_path)
@@ -329,22 +336,26 @@ def test_altered_shard_is_rewritten_and_conflicting_settings_refused(tmp_path, r
 
 def test_plan_spreads_samples_over_a_multiple_of_shards():
     samples = [RawSample("rocov2", f"{index}.jpg", ["c"]) for index in range(37)]
-    tasks = plan_shards("rocov2", Path("."), samples, BuildSettings(shard_size=4, shard_multiple=4))
+    tasks = plan_shards(
+        get_source("rocov2"), FolderImages(Path(".")), samples, BuildSettings(shard_size=4, shard_multiple=4)
+    )
     assert len(tasks) == 12 and {len(task.samples) for task in tasks} == {3, 4}
     planned = [sample.path for task in tasks for _, sample in task.samples]
     # Every sample once, shuffled across shards (annotation files group a patient's images), the same every time.
     assert sorted(planned) == sorted(f"{index}.jpg" for index in range(37))
     assert planned != [f"{index}.jpg" for index in range(37)]
-    again = plan_shards("rocov2", Path("."), samples, BuildSettings(shard_size=4, shard_multiple=4))
+    again = plan_shards(
+        get_source("rocov2"), FolderImages(Path(".")), samples, BuildSettings(shard_size=4, shard_multiple=4)
+    )
     assert [sample.path for task in again for _, sample in task.samples] == planned
     assert tasks[0].path == "data/mixed/rocov2-00000-of-00012.tar"
     with pytest.raises(ValueError, match="fewer than --shard-multiple"):
-        plan_shards("rocov2", Path("."), samples[:3], BuildSettings(shard_multiple=4))
+        plan_shards(get_source("rocov2"), FolderImages(Path(".")), samples[:3], BuildSettings(shard_multiple=4))
 
 
 def test_resize_short_side_reencodes_and_records_the_original_size(tmp_path, raw_sources):
     raw = raw_sources["retina_flair"]
-    build_source("retina_flair", raw.root, raw.annotations, tmp_path, BuildSettings(2, 2, resize_short_side=5))
+    build_registered("retina_flair", raw.root, raw.annotations, tmp_path, BuildSettings(2, 2, resize_short_side=5))
     render_card(tmp_path)
     samples = list(load_dataset(str(tmp_path), "fundus", split="train", streaming=True))
     assert len(samples) == 2
@@ -385,13 +396,13 @@ class FakeHfApi:
 
 def test_upload_refuses_gated_sources_unless_private_and_allowed(tmp_path, raw_sources):
     open_only, gated = tmp_path / "open", tmp_path / "gated"
-    build_source("openi", raw_sources["openi"].root, raw_sources["openi"].annotations, open_only, SETTINGS)
+    build_registered("openi", raw_sources["openi"].root, raw_sources["openi"].annotations, open_only, SETTINGS)
     api = FakeHfApi()
     assert push_dataset_to_hub(open_only, "me/unimed-open", api=api).endswith("/commit/1")
     assert api.calls[-1][1]["repo_type"] == "dataset" and (open_only / "README.md").exists()
 
     raw = raw_sources["mimic_cxr"]
-    build_source("mimic_cxr", raw.root, raw.annotations, gated, SETTINGS)
+    build_registered("mimic_cxr", raw.root, raw.annotations, gated, SETTINGS)
     api = FakeHfApi()
     with pytest.raises(PermissionError, match="mimic_cxr"):
         push_dataset_to_hub(gated, "me/unimed", api=api)
@@ -423,3 +434,95 @@ def test_cli_builds_several_sources_from_a_config(tmp_path, raw_sources):
     assert folder_bytes(parallel) == folder_bytes(output)
     with pytest.raises(SystemExit):
         build.parse_args(["--source", "chexpert", "--output", str(output)])
+
+
+def test_registry_and_readers_pair_up():
+    """A registry row without a reader would be offered by `build.py --source` and fail there; a reader without a row
+    would write records of an unknown source."""
+    assert set(READERS) == set(SOURCES) and "all" not in SOURCES
+
+
+def caption_and_build(dataset: str, output: Path, source_id: str, extra_lines: list[dict] = ()) -> Path:
+    """`caption.py` then `build.py --captions`, as the README runs them; returns the captions file."""
+    captions = output.parent / f"{source_id}.jsonl"
+    caption.main(
+        ["--dataset", dataset, "--modality", "xray", "--llm", "template", "--n", "10", "--out", str(captions)]
+    )
+    with captions.open("a") as file:
+        file.writelines(json.dumps(line) + "\n" for line in extra_lines)
+    build.main(["--captions", str(captions), "--dataset", dataset, "--modality", "xray", "--source-id", source_id,
+                "--output", str(output), "--shard-size", "2", "--shard-multiple", "2"])  # fmt: skip
+    return captions
+
+
+def test_own_labelled_images_with_generated_captions_become_a_source_load_unimed_mixes(tmp_path, raw_sources):
+    folder = tmp_path / "own"
+    for index in range(8):
+        label = ["pneumonia", "no finding"][index % 2]
+        RawSource(folder, folder).image(f"{label}/{index}.png")
+    RawSource(tmp_path, tmp_path).image("secret.png")  # beside the dataset: an annotation must not reach it
+    output = tmp_path / "unimed"
+    build_registered("openi", raw_sources["openi"].root, raw_sources["openi"].annotations, output, SETTINGS)
+    outside = [{"path": "../secret.png", "labels": ["pneumonia"], "captions": ["chest x-ray showing pneumonia."]}]
+    captions = caption_and_build(str(folder), output, "my_cxr", outside)
+
+    written = {json.loads(line)["path"]: json.loads(line)["captions"] for line in captions.read_text().splitlines()}
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["sources"]["my_cxr"]["samples"] == 8
+    assert manifest["sources"]["my_cxr"]["skipped"] == {"path outside the source folder": 1}
+    assert manifest["own_sources"]["my_cxr"]["license_class"] == "private"
+    stored = {s["json"]["path"]: s for s in load_dataset(str(output), "xray", split="train", streaming=True)}
+    for path, texts in written.items():
+        if path.startswith(".."):
+            assert path not in stored
+            continue
+        assert (
+            stored[path]["json"]["captions"] == texts and stored[path]["json"]["caption_rule"] == "random_of_first_10"
+        )
+        assert stored[path]["image"].tobytes() == Image.open(folder / path).tobytes()
+
+    mixed = list(load_unimed(str(output)))
+    by_source = Counter(sample["source"] for sample in mixed)
+    assert by_source == {"my_cxr": 8, "openi": len([s for s in raw_sources["openi"].expected if s])}
+    keys = {f"my_cxr-{index:09d}": path for index, path in enumerate(written)}
+    for sample in mixed:
+        if sample["source"] == "my_cxr":
+            assert sample["caption"] in written[keys[sample["__key__"]]][:10]
+    card = (output / "README.md").read_text()
+    assert "| my_cxr | xray | 8 | 1 | private | no |" in card
+    with pytest.raises(PermissionError, match="my_cxr"):
+        push_dataset_to_hub(output, "me/unimed", api=FakeHfApi())
+
+
+def test_a_hugging_face_dataset_with_captions_becomes_a_source(tmp_path):
+    import datasets
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["benign", "malignant"])}
+    )
+    pictures = [Image.fromarray(np.full((6, 5, 3), 40 * index, dtype=np.uint8)) for index in range(4)]
+    table = datasets.Dataset.from_dict({"image": pictures, "label": [0, 1, 0, 1]}, features=features)
+    datasets.DatasetDict({"train": table}).save_to_disk(tmp_path / "saved")
+    output = tmp_path / "unimed"
+    caption_and_build(str(tmp_path / "saved"), output, "my_thyroid")
+    stored = {s["json"]["path"]: s for s in load_dataset(str(output), "xray", split="train", streaming=True)}
+    assert sorted(stored) == [f"train/{index}" for index in range(4)]
+    for index, picture in enumerate(pictures):
+        assert stored[f"train/{index}"]["image"].tobytes() == picture.tobytes()
+        assert stored[f"train/{index}"]["json"]["labels"] == [["benign", "malignant"][index % 2]]
+
+
+def test_captioned_source_arguments_are_checked(tmp_path, capsys):
+    base = ["--captions", str(tmp_path / "c.jsonl"), "--output", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        build.parse_args(base)
+    assert "--captions needs --dataset, --modality, --source-id" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build.parse_args([*base, "--dataset", "d", "--modality", "xray", "--source-id", "chexpert"])
+    assert "'chexpert' is one of UniMed's own sources" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build.parse_args([*base, "--dataset", "d", "--modality", "xray", "--source-id", "My Data"])
+    assert "lowercase letters, digits and underscores" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text('{"path": "a.png", "captions": "not a list"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl, line 1: `captions` and `labels` must be lists of strings"):
+        list(read_captions(tmp_path / "bad.jsonl", captioned_source("x", "xray")))

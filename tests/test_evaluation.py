@@ -14,10 +14,8 @@ from huggingface_hub import ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
 
-import evaluate_zero_shot
 from modeling_unimedclip import UniMedCLIPModel, UniMedCLIPProcessor
-from modeling_unimedclip import zero_shot as zero_shot_module
-from modeling_unimedclip.evaluation import (
+from unimedclip.evaluation import (
     DEFAULT_PROMPTS,
     Evaluator,
     catalog_dataset,
@@ -28,7 +26,9 @@ from modeling_unimedclip.evaluation import (
     load_catalog,
     retrieval_recalls,
 )
-from modeling_unimedclip.evaluation.evaluator import METRIC_MODULE, few_shot_accuracy
+from unimedclip.evaluation import command as evaluate_command
+from unimedclip.evaluation.evaluator import METRIC_MODULE, few_shot_accuracy
+from unimedclip.inference import zero_shot as zero_shot_module
 
 PER_CLASS = 3
 
@@ -336,9 +336,9 @@ def test_class_embeddings_are_cached_and_invalidated(tiny, tmp_path, monkeypatch
     def fail(*args, **kwargs):
         raise AssertionError("the cache should have answered")
 
-    monkeypatch.setattr("modeling_unimedclip.evaluation.evaluator.class_embeddings", fail)
+    monkeypatch.setattr("unimedclip.evaluation.evaluator.class_embeddings", fail)
     assert torch.equal(evaluator.text_class_embeddings(prompts), first)
-    monkeypatch.setattr("modeling_unimedclip.evaluation.evaluator.class_embeddings", zero_shot_module.class_embeddings)
+    monkeypatch.setattr("unimedclip.evaluation.evaluator.class_embeddings", zero_shot_module.class_embeddings)
     changed = evaluator.text_class_embeddings({**prompts, "normal": ["normal chest x-ray"]})
     assert len(list(tmp_path.glob("text-*.pt"))) == 2 and not torch.equal(changed, first)
 
@@ -360,9 +360,9 @@ def test_cli_end_to_end(model_dir, tmp_path, tiny, monkeypatch, capsys):
         for key, entry in catalog.items()
     }
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
-    monkeypatch.setattr(evaluate_zero_shot, "load_catalog", lambda: catalog)
+    monkeypatch.setattr(evaluate_command, "load_catalog", lambda: catalog)
 
-    report = evaluate_zero_shot.main(
+    report = evaluate_command.main(
         [
             "--model",
             str(model_dir),
@@ -424,14 +424,14 @@ def test_cli_retrieval_and_linear_probe(model_dir, tmp_path, capsys):
         rows.append(f"{index}.png,chest x-ray number {index}")
     (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
     common = ["--model", str(model_dir), "--output", str(tmp_path / "out"), "--num-workers", "0"]
-    report = evaluate_zero_shot.main([*common, "--task", "retrieval", "--csv", str(tmp_path / "pairs.csv")])
+    report = evaluate_command.main([*common, "--task", "retrieval", "--csv", str(tmp_path / "pairs.csv")])
     recalls = report["results"]["retrieval"]
     assert recalls["pairs"] == 4 and recalls["image_to_text_R@5"] == 100 and recalls["text_to_image_R@10"] == 100
 
     for c, name in enumerate(["a", "b"]):
         for j in range(4):
             write_image(tmp_path / "folder" / name / f"{j}.png", 100 * c + j)
-    report = evaluate_zero_shot.main(
+    report = evaluate_command.main(
         [
             *common,
             "--task",
@@ -453,10 +453,10 @@ def test_cli_on_the_real_catalog_and_prompts(model_dir, tmp_path):
     for key in ("acl_mri", "PCAM", "five_retina"):
         materialize(catalog[key], tmp_path / "data", per_class=2)
     common = ["--model", str(model_dir), "--data-root", str(tmp_path / "data"), "--num-workers", "0"]
-    report = evaluate_zero_shot.main(
+    report = evaluate_command.main(
         [*common, "--output", str(tmp_path / "out"), "--datasets", "acl_mri", "PCAM", "five_retina", "BACH"]
     )
     assert set(report["results"]) == {"acl_mri", "PCAM", "five_retina"} and set(report["skipped"]) == {"BACH"}
     assert report["results"]["acl_mri"]["metric"] == "auc" and report["results"]["PCAM"]["images"] == 4
     with pytest.raises(SystemExit, match="Unknown dataset"):
-        evaluate_zero_shot.main([*common, "--datasets", "imagenet"])
+        evaluate_command.main([*common, "--datasets", "imagenet"])

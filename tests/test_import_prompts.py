@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from modeling_unimedclip.evaluation import load_catalog
-from modeling_unimedclip.evaluation.import_prompts import ORIGINAL_VARIABLES, import_prompts
-from modeling_unimedclip.evaluation.import_prompts import main as import_main
+from unimedclip.evaluation import import_prompts as import_prompts_module
+from unimedclip.evaluation import load_catalog
+from unimedclip.evaluation.import_prompts import import_prompts
+from unimedclip.evaluation.import_prompts import main as import_main
 
 
 def fake_constants(catalog: dict, skip: str | None = None, override: dict | None = None) -> str:
@@ -14,8 +15,8 @@ def fake_constants(catalog: dict, skip: str | None = None, override: dict | None
     that must never run."""
     lines = ["import module_that_does_not_exist", "raise SystemExit('executed!')"]
     written = set()
-    for key, entry in catalog.items():
-        variable = ORIGINAL_VARIABLES[key]
+    for entry in catalog.values():
+        variable = entry["original_prompts"]["variable"]
         if variable in written or variable == skip:
             continue
         written.add(variable)
@@ -58,3 +59,14 @@ def test_bad_original_definitions(tmp_path, skip, override, match):
 def test_not_a_clone(tmp_path):
     with pytest.raises(FileNotFoundError, match="constants.py does not exist: is .* a clone of UniMed-CLIP"):
         import_prompts(tmp_path)
+
+
+def test_catalog_entries_the_original_never_evaluated_are_left_out(tmp_path, monkeypatch):
+    """Adding an evaluation dataset is one catalog entry: the importer must not need it to exist in the original."""
+    catalog = load_catalog()
+    (tmp_path / "constants.py").write_text(fake_constants(catalog))
+    new = {"modality": "xray", "metric": "accuracy", "classes": ["a", "b"], "loader": {"type": "folders"}}
+    monkeypatch.setattr(import_prompts_module, "load_catalog", lambda: {**catalog, "my_new_dataset": new})
+    prompts = import_prompts(tmp_path)
+    assert list(prompts) == list(catalog)
+

@@ -16,11 +16,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from modeling_unimedclip import UniMedCLIPImageProcessor, UniMedCLIPModel, UniMedCLIPProcessor
-from modeling_unimedclip.cli import main as cli_main
 from modeling_unimedclip.dicom_unimedclip import read_dicom, window_values
 from modeling_unimedclip.image_processing_unimedclip import dicom_to_pil
-from modeling_unimedclip.volumes import load_volume, sample_slices
-from modeling_unimedclip.zero_shot import expand_labels
+from unimedclip.cli import main as cli_main
+from unimedclip.inference.volumes import load_volume, sample_slices
+from unimedclip.inference.zero_shot import expand_labels
 
 # Stored values, and Hounsfield units after RescaleSlope 1 / RescaleIntercept -1024.
 STORED = np.array([[0, 1000, 1024, 2024, 4000, 1064]], dtype=np.uint16)

@@ -19,6 +19,7 @@ from transformers import (
 
 from modeling_unimedclip import UniMedCLIPConfig, UniMedCLIPModel, UniMedCLIPProcessor
 from modeling_unimedclip.modeling_unimedclip import resize_position_embedding
+from unimedclip.variants import VARIANTS, get_variant, variant_of
 
 
 @pytest.mark.parametrize(
@@ -31,7 +32,7 @@ from modeling_unimedclip.modeling_unimedclip import resize_position_embedding
 )
 def test_variants_have_the_released_parameter_counts(variant, total, vision, text):
     with torch.device("meta"):
-        model = UniMedCLIPModel(UniMedCLIPConfig.from_variant(variant))
+        model = UniMedCLIPModel(VARIANTS[variant].config())
     count = lambda *modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
     assert count(model) == total
     assert count(model.vision_model, model.visual_projection) == vision
@@ -40,9 +41,11 @@ def test_variants_have_the_released_parameter_counts(variant, total, vision, tex
 
 
 def test_default_config_is_the_b16_variant():
-    assert UniMedCLIPConfig().to_diff_dict() == UniMedCLIPConfig.from_variant("b16").to_diff_dict()
+    assert UniMedCLIPConfig().to_diff_dict() == VARIANTS["b16"].config().to_diff_dict()
+    assert variant_of(UniMedCLIPConfig()) is VARIANTS["b16"]
+    assert variant_of(VARIANTS["l14-336-large"].config()) is VARIANTS["l14-336-large"]
     with pytest.raises(ValueError, match="Unknown UniMed-CLIP variant 'b32'"):
-        UniMedCLIPConfig.from_variant("b32")
+        get_variant("b32")
 
 
 @pytest.mark.parametrize(

@@ -11,18 +11,14 @@ from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
 
 from modeling_unimedclip import UniMedCLIPModel
-from modeling_unimedclip import hub as hub_module
-from modeling_unimedclip.evaluation import eval_results, summarize
-from modeling_unimedclip.hub import publish_model
-from modeling_unimedclip.model_card import (
-    PAPER_RESULTS,
-    Architecture,
-    count_parameters,
-    model_card_for_directory,
-    released_cards,
-)
-from modeling_unimedclip.model_card import main as model_card_main
-from modeling_unimedclip.publish import main as publish_main
+from unimedclip.evaluation import eval_results, summarize
+from unimedclip.release import hub as hub_module
+from unimedclip.release.hub import publish_model
+from unimedclip.release.model_card import Architecture, model_card_for_directory, released_cards
+from unimedclip.release.model_card import main as model_card_main
+from unimedclip.release.model_files import count_parameters
+from unimedclip.release.publish import main as publish_main
+from unimedclip.variants import VARIANTS
 
 MODEL_CARDS = Path(__file__).parents[1] / "model_cards"
 RESULTS = {
@@ -35,7 +31,7 @@ RESULTS = {
 def write_results(path: Path) -> Path:
     """A results.json as evaluate_zero_shot.py writes it, for three datasets."""
     report = {
-        "config": {"prompts": "/somewhere/modeling_unimedclip/evaluation/prompts/unimed.json"},
+        "config": {"prompts": "/somewhere/unimedclip/evaluation/prompts/unimed.json"},
         "results": RESULTS,
         "skipped": {"PCAM": "missing PCam_Test_preprocessed/"},
         "summary": summarize(RESULTS),
@@ -87,7 +83,7 @@ def test_without_results_the_card_invents_no_numbers(model_copy):
     assert "Evaluation of these weights with `evaluate_zero_shot.py` is pending" in card.text
     evaluation = card.text[card.text.index("## Evaluation") : card.text.index("## Intended use")]
     decimals = set(re.findall(r"\b\d+\.\d+\b", evaluation))
-    assert decimals == {f"{value:.2f}" for row in PAPER_RESULTS.values() for value in row.values()}
+    assert decimals == {f"{value:.2f}" for v in VARIANTS.values() for value in v.paper_results.values()}
     assert "reported by the authors" in card.text
 
 
@@ -105,11 +101,15 @@ def test_training_settings_and_origin_are_shown(model_copy):
 def test_architecture_of_released_variants_and_sharded_directories(model_copy, tmp_path):
     b16 = Architecture.from_variant("b16")
     assert (b16.variant, b16.parameters, b16.image_size, b16.patch_size) == ("b16", 195_903_489, 224, 16)
-    assert b16.vision_base_model == "facebook/metaclip-b16-400m"
     large = Architecture.from_variant("l14-336-large")
-    assert (large.parameters, large.image_size) == (639_991_809, 336)
-    assert large.text_base_model == "microsoft/BiomedNLP-BiomedBERT-large-uncased-abstract"
+    assert (large.variant, large.parameters, large.image_size) == ("l14-336-large", 639_991_809, 336)
     assert Architecture.from_directory(model_copy).variant is None
+    cards = released_cards()
+    assert cards["unimed-clip-vit-b16.md"].data.base_model[0] == "facebook/metaclip-b16-400m"
+    assert cards["unimed-clip-vit-l14-336-large.md"].data.base_model == [
+        "facebook/metaclip-l14-400m",
+        "microsoft/BiomedNLP-BiomedBERT-large-uncased-abstract",
+    ]
 
     model = UniMedCLIPModel.from_pretrained(model_copy)
     model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
@@ -118,7 +118,7 @@ def test_architecture_of_released_variants_and_sharded_directories(model_copy, t
 
 
 def test_released_cards_are_up_to_date():
-    """model_cards/*.md must be what `python -m modeling_unimedclip.model_card --released model_cards` writes."""
+    """model_cards/*.md must be what `unimedclip card --released model_cards` writes."""
     cards = released_cards()
     assert sorted(cards) == sorted(path.name for path in MODEL_CARDS.glob("unimed-clip-*.md"))
     for filename, card in cards.items():

@@ -6,7 +6,7 @@ import torch
 from reference import open_clip_model, original_checkpoint
 from transformers import AutoModel
 
-from modeling_unimedclip.convert import main as convert_main
+from unimedclip.release.convert import main as convert_main
 
 TOLERANCE = 1e-5
 SHAPES = {

@@ -27,12 +27,11 @@ from test_dataset_build import SETTINGS, make_raw_sources
 from test_medical import write_dicom
 from transformers import CLIPConfig, CLIPModel
 
-import dataset_scripts.card
-import modeling_unimedclip.hub
-from dataset_scripts.card import render_card
-from dataset_scripts.shards import build_source
+import unimedclip.release.hub
+from dataset_scripts.build import build_registered
 from dataset_scripts.synthetic import write_synthetic_rocov2
-from modeling_unimedclip import cli
+from unimedclip import cli
+from unimedclip.release.dataset_card import render_card
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -45,6 +44,7 @@ SCALE_DOWN = {
 }  # fmt: skip
 # Covered elsewhere: `make test` is what CI runs, `make demo` is tested in test_scripts.py.
 NOT_RUN_HERE = {"make"}
+CHEST_XRAYS = 16
 
 
 def code_blocks(language: str) -> list[str]:
@@ -107,14 +107,14 @@ def sandbox(tmp_path_factory, model_dir, tiny_bert_dir) -> Path:
     synthetic_raw.rename(root / "ROCOv2")
     unimed = root / "unimed-clip" / "UniMed"
     for source, raw in make_raw_sources(root / "raw").items():
-        build_source(source, raw.root, raw.annotations, unimed, SETTINGS)
+        build_registered(source, raw.root, raw.annotations, unimed, SETTINGS)
     render_card(unimed)
 
-    with open(root / "chest_xrays.csv", "w") as file:
+    with open(root / "chest_xrays.csv", "w") as file:  # 16 images: one per shard of the README's --shard-multiple
         file.write("path,label\n")
-        for index, label in enumerate(["pneumonia", "no finding", "pneumonia"]):
-            images(index + 1)[0].save(root / f"xray_{index}.png")
-            file.write(f"xray_{index}.png,{label}\n")
+        for index, image in enumerate(images(CHEST_XRAYS)):
+            image.save(root / f"xray_{index}.png")
+            file.write(f"xray_{index}.png,{['pneumonia', 'no finding'][index % 2]}\n")
     for folder in ("lung_aca", "lung_n", "lung_scc"):
         (root / "unimed-eval" / "LC25000_test" / folder).mkdir(parents=True)
         for index, image in enumerate(images(2)):
@@ -145,8 +145,7 @@ def test_readme_runs(sandbox, monkeypatch):
     monkeypatch.chdir(sandbox)
     monkeypatch.setenv("HOME", str(sandbox))  # caches the examples write
     monkeypatch.setattr(sys, "argv", list(sys.argv))
-    monkeypatch.setattr(modeling_unimedclip.hub, "HfApi", FakeHfApi)
-    monkeypatch.setattr(dataset_scripts.card, "HfApi", FakeHfApi)
+    monkeypatch.setattr(unimedclip.release.hub, "HfApi", FakeHfApi)
 
     namespace: dict = {}
     for block in code_blocks("python"):
@@ -167,7 +166,9 @@ def test_readme_runs(sandbox, monkeypatch):
 
     assert (sandbox / "unimed-clip-vit-b16" / "README.md").is_file()
     assert json.loads((sandbox / "UniMed" / "manifest.json").read_text())["shards"]
-    assert len((sandbox / "captions.jsonl").read_text().splitlines()) == 3
+    assert len((sandbox / "captions.jsonl").read_text().splitlines()) == CHEST_XRAYS
+    own = json.loads((sandbox / "UniMed" / "manifest.json").read_text())["sources"]["my_chest_xrays"]
+    assert own["samples"] == CHEST_XRAYS and own["modalities"] == {"xray": CHEST_XRAYS}
     assert (sandbox / "runs" / "b16" / "final" / "model.safetensors").is_file()
     assert "LC25000_lung" in json.loads((sandbox / "results" / "results.json").read_text())["results"]
     assert FakeHfApi.uploads[-1][:2] == ("unimed-clip/unimed-clip-vit-b16", "model")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling_unimedclip.training.config import parse_args
+from unimedclip.training.config import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

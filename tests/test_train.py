@@ -1,4 +1,4 @@
-"""train.py and modeling_unimedclip.training: recipe, configuration, checkpoints, resume, failures, final model."""
+"""train.py and unimedclip.training: recipe, configuration, checkpoints, resume, failures, final model."""
 
 import importlib.util
 import io
@@ -22,12 +22,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModel, pipeline
 
 from modeling_unimedclip import UniMedCLIPImageProcessor, UniMedCLIPModel, UniMedCLIPProcessor
-from modeling_unimedclip.training import checkpointing, loss
-from modeling_unimedclip.training.checkpointing import CheckpointWriteError
-from modeling_unimedclip.training.config import PRESETS, ConfigurationError, TrainingConfig, build_config, parse_args
-from modeling_unimedclip.training.optim import build_scheduler, lr_factor, parameter_groups
-from modeling_unimedclip.training.publishing import BackgroundPusher
-from modeling_unimedclip.unimed_data import UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
+from unimedclip.data import UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
+from unimedclip.data.records import make_record
+from unimedclip.data.sources import get_source
+from unimedclip.training import checkpointing, loss
+from unimedclip.training.checkpointing import CheckpointWriteError
+from unimedclip.training.config import PRESETS, ConfigurationError, TrainingConfig, build_config, parse_args
+from unimedclip.training.optim import build_scheduler, lr_factor, parameter_groups
+from unimedclip.training.uploads import BackgroundPusher
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
@@ -52,7 +54,8 @@ def write_unimed_repo(root: Path, per_class: int = 16, shards: int = 2) -> Path:
             pixels = np.clip(np.array(colour) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, format="PNG")
-            record = {"source": source, "modality": modality, "captions": [caption], "report": None, "labels": []}
+            fields = dict(modality=modality, captions=[caption], report=None, labels=[], path="", resized_from=None)
+            record = make_record(get_source(source), **fields)
             by_modality.setdefault(modality, []).append((buffer.getvalue(), json.dumps(record).encode()))
     for modality, samples in by_modality.items():
         folder = root / "data" / modality
@@ -205,7 +208,7 @@ def test_presets_match_the_recipe():
         )
         assert config.init == "vision-text" and config.mixed_precision == "bf16"
     assert b16.lr == 5e-4 and base.lr == large.lr == 4e-4
-    assert base.image_size == large.image_size == 336 and b16.image_size is None
+    assert base.image_size == large.image_size == 336 and b16.image_size == 224
     assert "base" in base.text and "large" in large.text and "b16" in b16.vision and "l14" in base.vision
     assert b16.accumulation_steps(16) == 1 and b16.accumulation_steps(4) == 4
 
@@ -433,18 +436,20 @@ def checkpoint_files(path: Path) -> dict[str, bytes]:
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, unimed_repo, tokenizer_dir):
-    original, calls, saved = loss.contrastive_loss, [], {}
+    """Also the loss seam: a loss registered by name is the one train.py uses."""
+    calls, saved = [], {}
 
-    def nan_in_step_5(*args):
-        calls.append(1)
-        if len(calls) == 4:  # the checkpoint of step 3 exists by now: remember its bytes
-            saved.update(checkpoint_files(checkpointing.list_checkpoints(tmp_path)[-1]))
-        value = original(*args)
-        return value * float("nan") if len(calls) == 5 else value
+    class NanInStep5(loss.InfoNCELoss):
+        def forward(self, *args):
+            calls.append(1)
+            if len(calls) == 4:  # the checkpoint of step 3 exists by now: remember its bytes
+                saved.update(checkpoint_files(checkpointing.list_checkpoints(tmp_path)[-1]))
+            value = super().forward(*args)
+            return value * float("nan") if len(calls) == 5 else value
 
-    monkeypatch.setattr(loss, "contrastive_loss", nan_in_step_5)
+    monkeypatch.setitem(loss.LOSSES, "nan-in-step-5", NanInStep5)
     with pytest.raises(train_script.NonFiniteLossError, match="Loss is nan at step 5; .*step-00000003"):
-        train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path))
+        train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path, loss="nan-in-step-5"))
     checkpoints = checkpointing.list_checkpoints(tmp_path)
     assert [p.name for p in checkpoints] == ["step-00000003"]
     assert checkpoint_files(checkpoints[0]) == saved and not (tmp_path / "final").exists()

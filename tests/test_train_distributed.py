@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TINY_VOCAB, tiny_config  # noqa: E402
 
 from modeling_unimedclip import UniMedCLIPModel  # noqa: E402
-from modeling_unimedclip.training.loss import ContrastiveTrainingModel  # noqa: E402
+from unimedclip.training.loss import ContrastiveTrainingModel, create_loss  # noqa: E402
 
 GLOBAL_BATCH = 8
 
@@ -36,9 +36,10 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return pixel_values, input_ids, attention_mask
 
 
-def training_model() -> ContrastiveTrainingModel:
+def training_model(rank: int = 0, world_size: int = 1) -> ContrastiveTrainingModel:
     torch.manual_seed(0)
-    model = ContrastiveTrainingModel(UniMedCLIPModel(tiny_config(logit_scale_init_value=3.0)))
+    loss = create_loss("infonce", rank=rank, world_size=world_size)
+    model = ContrastiveTrainingModel(UniMedCLIPModel(tiny_config(logit_scale_init_value=3.0)), loss)
     return model.eval()  # no dropout, so that both runs are deterministic
 
 
@@ -47,7 +48,7 @@ def worker(output: Path) -> None:
 
     accelerator = Accelerator(cpu=True)
     assert accelerator.num_processes == 2, f"expected 2 processes, got {accelerator.num_processes}"
-    model = accelerator.prepare(training_model())
+    model = accelerator.prepare(training_model(accelerator.process_index, accelerator.num_processes))
     rows = slice(accelerator.process_index * GLOBAL_BATCH // 2, (accelerator.process_index + 1) * GLOBAL_BATCH // 2)
     loss, _ = model(*(tensor[rows] for tensor in global_batch()))
     loss.backward()

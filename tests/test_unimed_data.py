@@ -14,23 +14,21 @@ import yaml
 from datasets import load_dataset
 from PIL import Image
 
-from modeling_unimedclip.unimed_data import (
-    UniMedCollator,
-    choose_caption,
-    load_unimed,
-    normalize_pixels,
-    train_transform,
-    unimed_dataloader,
-)
+from unimedclip.data import UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
+from unimedclip.data.records import choose_caption, make_record
+from unimedclip.data.sources import get_source
+from unimedclip.data.transforms import random_resized_crop_box, train_transform
 
 RECORD_FEATURES = [
     {"name": "source", "dtype": "string"},
     {"name": "modality", "dtype": "string"},
     {"name": "captions", "list": "string"},
+    {"name": "caption_rule", "dtype": "string"},
     {"name": "report", "dtype": "string"},
     {"name": "labels", "list": "string"},
     {"name": "license", "dtype": "string"},
     {"name": "path", "dtype": "string"},
+    {"name": "resized_from", "list": "int32"},
 ]
 
 
@@ -43,8 +41,8 @@ def image_bytes(seed: int, size: tuple[int, int] = (28, 20), mode: str = "RGB", 
 
 
 def record(source: str, modality: str, captions: list[str], report: str | None = None) -> bytes:
-    fields = {"source": source, "modality": modality, "captions": captions, "report": report, "labels": []}
-    return json.dumps({**fields, "license": "open", "path": "raw/path"}).encode()
+    fields = dict(modality=modality, captions=captions, report=report, labels=[], path="raw/path", resized_from=None)
+    return json.dumps(make_record(get_source(source), **fields)).encode()
 
 
 def sample(key: str, source: str = "openi", modality: str = "xray", captions=None, **fields) -> dict:
@@ -106,15 +104,18 @@ def test_card_loads_with_datasets(repo):
 
 
 def test_caption_rules():
+    def parsed(source: str, captions: list[str], report: str | None = None) -> dict:
+        return json.loads(record(source, "xray", captions, report))
+
     rng = random.Random(0)
-    mimic = {"source": "mimic_cxr", "captions": [f"llm {n}" for n in range(10)], "report": " FINDINGS: clear. "}
+    mimic = parsed("mimic_cxr", [f"llm {n}" for n in range(10)], " FINDINGS: clear. ")
     assert choose_caption(mimic, rng) == "FINDINGS: clear."
     no_report = {**mimic, "report": None}
     assert {choose_caption(no_report, rng) for _ in range(100)} == {f"llm {n}" for n in range(10)}
-    assert choose_caption({"source": "openi", "captions": ["original", "refined"], "report": None}, rng) == "original"
-    flair = {"source": "retina_flair", "captions": [f"llm {n}" for n in range(10)] + ["sentence"], "report": None}
+    assert choose_caption(parsed("openi", ["original", "refined"]), rng) == "original"
+    flair = parsed("retina_flair", [f"llm {n}" for n in range(10)] + ["sentence"])
     assert "sentence" not in {choose_caption(flair, rng) for _ in range(200)}
-    assert choose_caption({"source": "chexpert", "captions": ["", " "], "report": None}, rng) == ""
+    assert choose_caption(parsed("chexpert", ["", " "]), rng) == ""
 
 
 def test_caption_choice_is_deterministic_per_seed_and_epoch(repo):
@@ -209,7 +210,7 @@ def test_corrupt_samples_and_truncated_shards_are_skipped_and_counted(tmp_path):
     broken = [
         sample("bad_image", image=b"\x89PNG\r\n\x1a\n truncated"),
         sample("bad_json", json=b'{"source": "openi", '),
-        sample("unknown_source", source="nowhere"),
+        sample("unknown_rule", json=record("openi", "xray", ["a caption"]).replace(b'"first"', b'"longest"')),
         sample("empty_caption", captions=[" "]),
         {**sample("no_record"), "json": None},
     ]
@@ -263,7 +264,6 @@ def test_train_transform_shape_dtype_and_determinism():
 
 def test_train_transform_matches_torchvision_resized_crop():
     functional = pytest.importorskip("torchvision.transforms.v2.functional")
-    from modeling_unimedclip.unimed_data import random_resized_crop_box
 
     image = Image.open(io.BytesIO(image_bytes(3, size=(97, 64))))
     left, top, width, height = random_resized_crop_box(97, 64, random.Random(7))

@@ -1,0 +1,200 @@
+"""The UniMed training stream: the WebDataset shards of every modality config, mixed, split over processes and
+DataLoader workers, each sample decoded, captioned and cropped in the workers.
+
+Shuffling and resume. Every epoch reads every sample exactly once: the modalities are interleaved at random with
+`stopping_strategy="all_exhausted_without_replacement"`, then the shards are split over ranks and DataLoader
+workers. The shard order is shuffled with `seed` and again on every `set_epoch`, and the caption choice and crop of
+each sample are drawn from a generator seeded with (seed, epoch, shard, key). There is no shuffle buffer, so
+`StatefulDataLoader.state_dict()` resumes exactly, with workers. The cost: consecutive samples of one modality come
+from one shard in its stored order, so the shard builder must write each source's samples in random order (a buffer
+large enough to mix shards would hold hundreds of MB per worker, and `datasets` resumes it only approximately).
+
+Corrupt data never stops training: a truncated or unreadable tar ends its shard, and samples with a missing member, a
+bad JSON record, no caption or an undecodable image are dropped. Each is counted by reason (`SKIP_REASONS`), and the
+counts travel with the next good sample to the loader of `unimed_dataloader`, which sums them in
+`loader.skipped_samples` and saves them in its state dict (skips after a worker's last delivered sample of an epoch
+are reported with its next sample, or not at all when the workers are not persistent).
+"""
+
+import io
+import random
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from datasets import IterableDataset, get_dataset_config_names, interleave_datasets, load_dataset_builder
+from datasets.distributed import split_dataset_by_node
+from PIL import Image
+
+from ..modalities import DATA_MODALITIES
+from .records import IMAGE_FIELD, RECORD_FIELD, choose_caption, parse_record
+from .tar_reader import RAW_FEATURES, TRUNCATED_SHARD, read_samples
+from .transforms import train_transform
+
+SKIP_REASONS = (TRUNCATED_SHARD, "missing_member", "bad_record", "no_caption", "bad_image")
+SKIPPED_KEY = "__skipped__"  # per sample: {reason: count} of the samples dropped just before it by this worker
+
+
+def _sample_rng(seed: int, epoch: int, url: str, key: str) -> random.Random:
+    # Seeding with a string is stable across processes and Python versions (it hashes with SHA-512). The shard name
+    # is part of the seed because keys may repeat across shards.
+    return random.Random(f"{seed}:{epoch}:{url.rsplit('/', 1)[-1]}:{key}")
+
+
+class _SampleTransform:
+    """The per-sample work of the DataLoader workers: parse, pick the caption, decode, crop, count what is skipped."""
+
+    def __init__(self, seed: int, image_size: int):
+        self.seed = seed
+        self.image_size = image_size
+        self.epoch_source: IterableDataset  # set by `load_unimed` once the dataset exists
+        self.pending_skips: Counter[str] = Counter()
+
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+        reason, sample = self._transform(raw)
+        if reason is not None:
+            self.pending_skips[reason] += 1
+            return {"pixel_values": None}
+        sample[SKIPPED_KEY] = dict(self.pending_skips)
+        self.pending_skips.clear()
+        return sample
+
+    def _transform(self, raw: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        if raw["error"] is not None:
+            return raw["error"], {}
+        if raw[IMAGE_FIELD] is None or raw[RECORD_FIELD] is None:
+            return "missing_member", {}
+        rng = _sample_rng(self.seed, self.epoch_source.epoch, raw["__url__"], raw["__key__"])
+        try:
+            record = parse_record(raw[RECORD_FIELD])
+            caption = choose_caption(record, rng)
+        except ValueError:
+            return "bad_record", {}
+        if not caption:
+            return "no_caption", {}
+        try:
+            with Image.open(io.BytesIO(raw[IMAGE_FIELD])) as image:
+                pixel_values = train_transform(image, self.image_size, rng)
+        except Exception:  # PIL raises many exception types on malformed or hostile image bytes
+            return "bad_image", {}
+        return None, {
+            "pixel_values": pixel_values,
+            "caption": caption,
+            "source": record["source"],
+            "modality": record["modality"],
+            "__key__": raw["__key__"],
+        }
+
+
+def _is_usable(sample: dict[str, Any]) -> bool:
+    return sample["pixel_values"] is not None
+
+
+def _modality_stream(
+    repo_or_dir: str, modality: str, split: str, seed: int, revision: str | None, token: str | bool | None
+) -> tuple[IterableDataset, int | None]:
+    """The raw samples of one modality config, its shards in a seeded order, and its sample count from the card."""
+    builder = load_dataset_builder(repo_or_dir, modality, revision=revision, token=token)
+    data_files = builder.config.data_files or {}
+    if split not in data_files:
+        raise ValueError(f"Config {modality!r} of {repo_or_dir} has no split {split!r}; it has {sorted(data_files)}.")
+    shard_urls = list(data_files[split])
+    random.Random(seed).shuffle(shard_urls)
+    stream = IterableDataset.from_generator(
+        read_samples, features=RAW_FEATURES, gen_kwargs={"shard_urls": shard_urls, "token": token}
+    )
+    splits = builder.info.splits or {}
+    return stream, splits[split].num_examples if split in splits else None
+
+
+def _mixing_probabilities(
+    modalities: Sequence[str], weights: Mapping[str, float] | None, sizes: Mapping[str, int | None]
+) -> list[float]:
+    if weights is None:
+        missing = [modality for modality in modalities if not sizes[modality]]
+        if missing:
+            raise ValueError(
+                f"The dataset card declares no sample count (dataset_info splits num_examples) for {missing}, so the "
+                "modalities cannot be mixed by size: pass `weights` explicitly."
+            )
+        weights = {modality: float(sizes[modality]) for modality in modalities}
+    if set(weights) != set(modalities):
+        raise ValueError(f"`weights` must have one entry per loaded modality {list(modalities)}; got {dict(weights)}.")
+    if any(not weight > 0 for weight in weights.values()):
+        raise ValueError(f"`weights` must be positive; got {dict(weights)}.")
+    total = sum(weights.values())
+    return [weights[modality] / total for modality in modalities]
+
+
+def load_unimed(
+    repo_or_dir: str,
+    modalities: Sequence[str] | None = None,
+    weights: Mapping[str, float] | None = None,
+    split: str = "train",
+    seed: int = 0,
+    image_size: int = 224,
+    rank: int = 0,
+    world_size: int = 1,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> IterableDataset:
+    """
+    Stream UniMed (a Hub dataset repository or a local directory laid out the same) for training.
+
+    Yields `{"pixel_values": uint8 (3, image_size, image_size), "caption": str, "source": str, "modality": str,
+    "__key__": str, "__skipped__": {reason: count}}`; see the module docstring for the shuffling, resume and
+    corrupt-sample design. Call `set_epoch(epoch)` on the returned dataset (not on a dataset derived from it) before
+    each epoch.
+
+    Args:
+        repo_or_dir: dataset repository id or local directory with the UniMed card (one config per modality).
+        modalities: configs to mix; default every modality config of the card.
+        weights: mixing weight per modality; default proportional to the modality's sample count in the card, as the
+            original consumed its sources. Every sample is still read exactly once per epoch, so other weights
+            change the order in which the modalities run out, not what an epoch contains.
+        split, revision, token: as in `datasets.load_dataset`.
+        seed: seeds the shard order, the mixing and each sample's caption choice and crop.
+        image_size: side of the square training crop.
+        rank, world_size: this process among the data-parallel processes; each reads its own shards.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"Need 0 <= rank < world_size; got rank={rank}, world_size={world_size}.")
+    if image_size <= 0:
+        raise ValueError(f"`image_size` must be positive; got {image_size}.")
+    configs = set(get_dataset_config_names(repo_or_dir, revision=revision, token=token))
+    available = [modality for modality in DATA_MODALITIES if modality in configs]
+    modalities = available if modalities is None else list(modalities)
+    unknown = [modality for modality in modalities if modality not in available]
+    if unknown or not modalities:
+        raise ValueError(f"Cannot load modalities {unknown or modalities} from {repo_or_dir}: it has {available}.")
+
+    streams, sizes = [], {}
+    for modality in modalities:
+        stream, sizes[modality] = _modality_stream(repo_or_dir, modality, split, seed, revision, token)
+        if stream.num_shards < world_size:
+            raise ValueError(
+                f"Modality {modality!r} has {stream.num_shards} shards, fewer than world_size={world_size}: every "
+                "rank needs at least one shard of every modality. Rebuild with smaller shards or load fewer ranks."
+            )
+        if stream.num_shards % world_size:
+            warnings.warn(
+                f"Modality {modality!r} has {stream.num_shards} shards, not a multiple of world_size={world_size}: "
+                "ranks will read different numbers of samples per epoch.",
+                stacklevel=2,
+            )
+        streams.append(stream)
+    mixed = interleave_datasets(
+        streams,
+        probabilities=_mixing_probabilities(modalities, weights, sizes),
+        seed=seed,
+        stopping_strategy="all_exhausted_without_replacement",
+    )
+    # Interleave first, then split: the reverse makes the ranks read duplicated examples.
+    node = split_dataset_by_node(mixed, rank=rank, world_size=world_size, strategy="shards")
+    transform = _SampleTransform(seed=seed, image_size=image_size)
+    dataset = node.map(transform, remove_columns=list(RAW_FEATURES)).filter(_is_usable)
+    # `set_epoch` updates only the dataset it is called on (in memory shared with persistent workers), so the
+    # per-sample randomness reads its epoch from the returned dataset.
+    transform.epoch_source = dataset
+    return dataset

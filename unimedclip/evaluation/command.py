@@ -1,0 +1,160 @@
+"""Evaluate a UniMed-CLIP (or any transformers CLIP-style model) on the paper's 21-dataset zero-shot suite: the
+command behind `evaluate_zero_shot.py` and `unimedclip evaluate`.
+
+    python evaluate_zero_shot.py --model DIR_OR_REPO --data-root DIR [--datasets CT_axial PCAM ...]
+    python evaluate_zero_shot.py --model openai/clip-vit-base-patch16 --data-root DIR          # a baseline
+    python evaluate_zero_shot.py --model M --image-folder DIR --modality xray                 # your own data
+    python evaluate_zero_shot.py --model M --task retrieval --csv pairs.csv --caption-column caption
+    python evaluate_zero_shot.py --model M --data-root DIR --task linear-probe --shots 1,2,4,8,16
+
+Writes results.json (configuration, per-dataset metrics, per-class recall, confusion matrices, per-modality means and
+model-index entries for the model card) and results.md to --output, and prints the table. A dataset whose files are
+missing under --data-root is reported and skipped; unreadable images are counted per dataset.
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoProcessor
+
+from ..inference.zero_shot import expand_labels
+from ..modalities import MODALITIES
+from . import (
+    DEFAULT_PROMPTS,
+    Evaluator,
+    catalog_dataset,
+    csv_dataset,
+    eval_results,
+    hf_dataset,
+    image_folder_dataset,
+    load_catalog,
+    markdown_table,
+    summarize,
+)
+from .readers import csv_pairs, hf_pairs
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="UniMed-CLIP or CLIP-style model: directory or Hub id.")
+    parser.add_argument("--revision", help="Hub revision of --model.")
+    parser.add_argument("--task", choices=["zero-shot", "retrieval", "linear-probe"], default="zero-shot")
+    data = parser.add_argument_group("data (the catalog under --data-root, or one dataset of your own)")
+    data.add_argument("--data-root", type=Path, help="Root of the evaluation data, laid out as the catalog says.")
+    data.add_argument("--datasets", nargs="+", help="Catalog keys to run (default: all 21).")
+    data.add_argument("--image-folder", type=Path, help="root/<class>/<image> folders.")
+    data.add_argument(
+        "--csv", type=Path, help="CSV with a header: image path (relative to the CSV) and label/caption."
+    )
+    data.add_argument("--hf-dataset", help="Hugging Face dataset name or directory.")
+    data.add_argument("--split", default="test")
+    data.add_argument("--streaming", action="store_true", help="Stream --hf-dataset instead of downloading it first.")
+    data.add_argument("--path-column", default="path")
+    data.add_argument("--image-column", default="image")
+    data.add_argument("--label-column", default="label")
+    data.add_argument("--caption-column", default="caption")
+    prompts = parser.add_argument_group("prompts")
+    prompts.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="JSON {dataset: {class: [prompts]}}.")
+    prompts.add_argument("--modality", choices=list(MODALITIES), help="Expand bare class names of your own data.")
+    run = parser.add_argument_group("run")
+    run.add_argument("--shots", default="1,2,4,8,16", help="Linear probe: training images per class.")
+    run.add_argument("--seeds", default="0,1,2", help="Linear probe: seeds for drawing the shots.")
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--num-workers", type=int, default=4)
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--dtype", choices=DTYPES, default="bfloat16" if torch.cuda.is_available() else "float32")
+    run.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "unimedclip" / "eval")
+    run.add_argument("--output", type=Path, default=Path("eval_results"))
+    args = parser.parse_args(argv)
+    own_data = [args.image_folder, args.csv, args.hf_dataset]
+    if sum(source is not None for source in own_data) > 1:
+        parser.error("give at most one of --image-folder, --csv and --hf-dataset")
+    if args.data_root is None and all(source is None for source in own_data):
+        parser.error("give --data-root (the catalog) or one of --image-folder, --csv, --hf-dataset")
+    if args.task == "retrieval" and args.csv is None and args.hf_dataset is None:
+        parser.error("--task retrieval needs --csv or --hf-dataset with a caption column")
+    return args
+
+
+def own_dataset(args: argparse.Namespace):
+    if args.image_folder is not None:
+        return image_folder_dataset(args.image_folder)
+    if args.csv is not None:
+        return csv_dataset(args.csv, args.path_column, args.label_column)
+    return hf_dataset(args.hf_dataset, args.split, args.image_column, args.label_column, args.streaming)
+
+
+def datasets_to_run(args: argparse.Namespace, skipped: dict):
+    """Yield the datasets to evaluate; record (and print) the catalog ones whose files are missing."""
+    if args.data_root is None:
+        yield own_dataset(args)
+        return
+    catalog = load_catalog()
+    unknown = sorted(set(args.datasets or []) - set(catalog))
+    if unknown:
+        raise SystemExit(f"Unknown dataset(s) {unknown}; the catalog has {sorted(catalog)}.")
+    for key in args.datasets or catalog:
+        try:
+            yield catalog_dataset(key, catalog[key], args.data_root)
+        except FileNotFoundError as error:
+            skipped[key] = str(error)
+            print(f"Skipping {key}: {error}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    args = parse_args(argv, prog)
+    model = AutoModel.from_pretrained(args.model, revision=args.revision).to(args.device)
+    processor = AutoProcessor.from_pretrained(args.model, revision=args.revision)
+    evaluator = Evaluator(
+        model,
+        processor,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        dtype=DTYPES[args.dtype],
+        cache_dir=args.cache_dir,
+    )
+    args.output.mkdir(parents=True, exist_ok=True)
+    report = {"config": {key: str(value) for key, value in vars(args).items()}, "results": {}, "skipped": {}}
+
+    if args.task == "retrieval":
+        if args.csv is not None:
+            images, captions = csv_pairs(args.csv, args.path_column, args.caption_column)
+        else:
+            images, captions = hf_pairs(args.hf_dataset, args.split, args.image_column, args.caption_column)
+        report["results"]["retrieval"] = evaluator.retrieval(images, captions)
+        print(json.dumps(report["results"]["retrieval"], indent=2))
+    else:
+        prompt_sets = json.loads(args.prompts.read_text()) if args.task == "zero-shot" else {}
+        for dataset in datasets_to_run(args, report["skipped"]):
+            if args.task == "linear-probe":
+                shots, seeds = [int(k) for k in args.shots.split(",")], [int(s) for s in args.seeds.split(",")]
+                report["results"][dataset.key] = evaluator.linear_probe(dataset, shots, seeds)
+                continue
+            prompts = prompt_sets.get(dataset.key) or (
+                expand_labels(dataset.classes, args.modality) if args.modality else {}
+            )
+            report["results"][dataset.key] = evaluator.zero_shot(dataset, prompts)
+        if args.task == "zero-shot":
+            report["summary"] = summarize(report["results"])
+            report["model_index"] = [asdict(result) for result in eval_results(report["results"])]
+            table = markdown_table(report["results"], report["summary"])
+            (args.output / "results.md").write_text(table)
+            print(table)
+        else:
+            print(json.dumps(report["results"], indent=2))
+
+    (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"Wrote {args.output / 'results.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
