@@ -39,7 +39,7 @@ setup(
     },
     install_requires=[
         "torch>=2.6",
-        "transformers>=5.0,<6",
+        "transformers>=5.20,<6",
         "tokenizers>=0.22",
         "safetensors>=0.4",
         "huggingface_hub>=1.0",

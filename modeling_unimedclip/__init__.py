@@ -3,7 +3,8 @@ users who load a model with `trust_remote_code=True` and without this project in
 
     configuration_unimedclip.py      the configuration (dimensions only)
     modeling_unimedclip.py           the model
-    image_processing_unimedclip.py   the image processor
+    image_processing_unimedclip.py   the image processor (exact, PIL)
+    image_processing_unimedclip_fast.py  the fast image processor (torchvision)
     processing_unimedclip.py         the processor (tokenizer and image processor)
     dicom_unimedclip.py              DICOM pixel data to display values, for the image processor
 
@@ -22,16 +23,22 @@ from transformers import (
 
 from .configuration_unimedclip import UniMedCLIPConfig
 from .image_processing_unimedclip import UniMedCLIPImageProcessor
-from .modeling_unimedclip import UniMedCLIPModel, UniMedCLIPPreTrainedModel
+from .image_processing_unimedclip_fast import UniMedCLIPImageProcessorFast
+from .modeling_unimedclip import (
+    UniMedCLIPModel,
+    UniMedCLIPPreTrainedModel,
+    UniMedCLIPTextModelWithProjection,
+    UniMedCLIPVisionModelWithProjection,
+)
 from .processing_unimedclip import UniMedCLIPProcessor
 
 AutoConfig.register(UniMedCLIPConfig.model_type, UniMedCLIPConfig)
 AutoModel.register(UniMedCLIPConfig, UniMedCLIPModel)
 AutoModelForZeroShotImageClassification.register(UniMedCLIPConfig, UniMedCLIPModel)
-# One implementation serves both backend names: only the PIL path is bit-exact with the original preprocessing.
+# The PIL processor, bit-exact with the original preprocessing, stays the default (image_processing_unimedclip.py).
 AutoImageProcessor.register(
     UniMedCLIPConfig,
-    image_processor_classes={"pil": UniMedCLIPImageProcessor, "torchvision": UniMedCLIPImageProcessor},
+    image_processor_classes={"pil": UniMedCLIPImageProcessor, "torchvision": UniMedCLIPImageProcessorFast},
 )
 AutoProcessor.register(UniMedCLIPConfig, UniMedCLIPProcessor)
 
@@ -44,7 +51,10 @@ UniMedCLIPProcessor.register_for_auto_class("AutoProcessor")
 __all__ = [
     "UniMedCLIPConfig",
     "UniMedCLIPImageProcessor",
+    "UniMedCLIPImageProcessorFast",
     "UniMedCLIPModel",
     "UniMedCLIPPreTrainedModel",
     "UniMedCLIPProcessor",
+    "UniMedCLIPTextModelWithProjection",
+    "UniMedCLIPVisionModelWithProjection",
 ]

@@ -1,18 +1,23 @@
 """UniMed-CLIP model configuration."""
 
 import transformers
-from huggingface_hub.dataclasses import strict
 from packaging import version
-from transformers import BertConfig, CLIPVisionConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
-# transformers 4.x nests `CLIPVisionModel` weights under `vision_model.` and would load this model's saved
-# weights with a randomly initialised vision tower, emitting only warnings. Refuse it outright.
-if version.parse(transformers.__version__).major < 5:
+# Checked before anything else is imported from transformers. 4.x nests `CLIPVisionModel` weights under
+# `vision_model.` and would load this model's weights with a randomly initialised vision tower, emitting only
+# warnings; 5.0-5.19 lack `SubConfigSpec`, which the configuration is built on.
+MIN_TRANSFORMERS = "5.20"
+if version.parse(transformers.__version__) < version.parse(MIN_TRANSFORMERS):
     raise ImportError(
-        f"UniMed-CLIP needs transformers>=5.0, found {transformers.__version__}: older versions silently "
-        "mis-load the vision tower. Upgrade with `pip install -U 'transformers>=5'`."
+        f"UniMed-CLIP needs transformers>={MIN_TRANSFORMERS}, found {transformers.__version__}: older versions either "
+        f"silently mis-load the vision tower (4.x) or lack the configuration classes it uses (5.0-5.19). Upgrade with "
+        f"`pip install -U 'transformers>={MIN_TRANSFORMERS}'`."
     )
+
+from huggingface_hub.dataclasses import strict  # noqa: E402
+from transformers import BertConfig, CLIPVisionConfig, PreTrainedConfig  # noqa: E402
+from transformers.configuration_utils import SubConfigSpec  # noqa: E402
+from transformers.models.auto import image_processing_auto  # noqa: E402
 
 # Tower shapes of the released checkpoints; which variant combines which is recorded in `unimedclip.variants`.
 VIT_B16_224 = dict(
@@ -35,13 +40,26 @@ VIT_L14_336 = dict(
 BIOMEDBERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 BIOMEDBERT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 
+# `AutoImageProcessor`: the exact (PIL) processor, then the fast one, which transformers takes for
+# `backend="torchvision"` or `use_fast=True`.
+AUTO_IMAGE_PROCESSORS = [
+    "image_processing_unimedclip.UniMedCLIPImageProcessor",
+    "image_processing_unimedclip_fast.UniMedCLIPImageProcessorFast",
+]
 AUTO_MAP = {
     "AutoConfig": "configuration_unimedclip.UniMedCLIPConfig",
     "AutoModel": "modeling_unimedclip.UniMedCLIPModel",
     "AutoModelForZeroShotImageClassification": "modeling_unimedclip.UniMedCLIPModel",
     "AutoProcessor": "processing_unimedclip.UniMedCLIPProcessor",
-    "AutoImageProcessor": "image_processing_unimedclip.UniMedCLIPImageProcessor",
+    "AutoImageProcessor": AUTO_IMAGE_PROCESSORS,
 }
+# transformers defaults to the torchvision backend, which is not bit-exact with the original preprocessing: keep the
+# PIL processor the default. Every module of this bundle imports this one first, so this runs before transformers
+# chooses a backend for AutoModel, AutoProcessor and the pipelines, with or without the package installed; only a
+# bare `AutoImageProcessor.from_pretrained(..., trust_remote_code=True)` in a fresh process chooses before any of
+# our code runs.
+if "UniMedCLIPImageProcessor" not in image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS:
+    image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS.append("UniMedCLIPImageProcessor")
 
 
 @strict

@@ -1,4 +1,4 @@
-"""DICOM pixel data to display values: modality LUT, VOI LUT or windowing, MONOCHROME1 inversion.
+"""DICOM pixel data to display values: modality LUT, VOI LUT or windowing, then the presentation LUT (inversion).
 
 Windowing follows the DICOM standard (PS3.3 C.11.2.1.2): LINEAR, LINEAR_EXACT and SIGMOID VOI LUT functions, with
 output in [0, 255]. Named presets give the usual CT windows in Hounsfield units. Without any window, grayscale images
@@ -96,7 +96,7 @@ def is_color(dataset) -> bool:
 
 def to_display(values: np.ndarray, dataset, window: Window | None = None) -> np.ndarray:
     """Grayscale modality values to display values in [0, 255]: `window` if given, else the VOI LUT or window the
-    file carries, else the values' real range; inverted for MONOCHROME1 (where low values are white)."""
+    file carries, else the values' real range; then inverted where the file says so (`is_inverted`)."""
     if window is not None:
         display = window_values(values, *resolve_window(window))
     elif "VOILUTSequence" in dataset:
@@ -109,9 +109,19 @@ def to_display(values: np.ndarray, dataset, window: Window | None = None) -> np.
         display = window_values(values, center, width, str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR"))
     else:
         display = scale_range(values)
-    if str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        display = 255.0 - display
-    return display
+    return 255.0 - display if is_inverted(dataset) else display
+
+
+def is_inverted(dataset) -> bool:
+    """Whether display values are inverted (low values white). The Presentation LUT Shape decides when present
+    (PS3.3 C.11.6: INVERSE or IDENTITY; a MONOCHROME1 image carries INVERSE, and is inverted once); without it, a
+    MONOCHROME1 image is inverted."""
+    shape = str(dataset.get("PresentationLUTShape", "") or "").strip().upper()
+    if shape in ("INVERSE", "IDENTITY"):
+        return shape == "INVERSE"
+    if shape:
+        raise ValueError(f"Unknown Presentation LUT Shape {shape!r}: expected IDENTITY or INVERSE.")
+    return str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
 
 
 def window_values(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
@@ -203,6 +213,7 @@ __all__ = [
     "WINDOW_PRESETS",
     "is_color",
     "is_dicom",
+    "is_inverted",
     "read_dicom",
     "read_pixels",
     "resolve_window",

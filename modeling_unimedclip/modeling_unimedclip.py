@@ -8,7 +8,12 @@ from torch import nn
 from transformers import BertModel, CLIPModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.clip.modeling_clip import CLIPOutput, image_text_contrastive_loss
+from transformers.models.clip.modeling_clip import (
+    CLIPOutput,
+    CLIPTextModelOutput,
+    CLIPVisionModelOutput,
+    image_text_contrastive_loss,
+)
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
@@ -31,6 +36,29 @@ class UniMedCLIPTextHead(nn.Module):
         return self.fc2(self.act(self.fc1(hidden_states)))
 
 
+def encode_image(
+    model: nn.Module, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
+) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+    """The image tower's outputs and the projected, unnormalised embedding of its post-LayerNorm class token, for any
+    model holding `vision_model` and `visual_projection`."""
+    outputs = model.vision_model(
+        pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+    )
+    return outputs, model.visual_projection(outputs.pooler_output)
+
+
+def encode_text(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+    """The text tower's outputs and the head's unnormalised embedding of the last layer's [CLS] state, for any model
+    holding `text_model` and `text_projection`. Without `attention_mask`, padding is `input_ids == pad_token_id`, as
+    the original found it; BERT runs with its default all-zero segment ids, as in the original."""
+    if attention_mask is None:
+        attention_mask = (input_ids != model.config.text_config.pad_token_id).long()
+    outputs = model.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+    return outputs, model.text_projection(outputs.last_hidden_state[:, 0])
+
+
 class UniMedCLIPPreTrainedModel(PreTrainedModel):
     config: UniMedCLIPConfig
     config_class = UniMedCLIPConfig
@@ -43,15 +71,25 @@ class UniMedCLIPPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # For custom code, transformers skips any module whose own parameters are all loaded, which includes modules
+        # with no parameters of their own: the towers' CLIPMLP and CLIPAttention (which set their Linears' std) and
+        # our text head. Weights missing from a checkpoint would then keep the generic std 0.02, or no values at all.
+        # Every init here goes through `transformers.initialization`, which skips loaded tensors by itself.
+        return False
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # The two towers are sub-models and initialise themselves; only the heads and the temperature live here.
+        # The two towers are sub-models and initialise themselves (transformers dispatches their modules to their own
+        # `_init_weights`); only the projections and the temperature live here.
         if isinstance(module, UniMedCLIPTextHead):
             # PyTorch's default Linear init, as the original head was never re-initialised.
             init.kaiming_uniform_(module.fc1.weight, a=math.sqrt(5))
             init.kaiming_uniform_(module.fc2.weight, a=math.sqrt(5))
-        elif isinstance(module, UniMedCLIPModel):
+        elif isinstance(module, (UniMedCLIPModel, UniMedCLIPVisionModelWithProjection)):
             init.normal_(module.visual_projection.weight, std=module.visual_projection.in_features**-0.5)
+        if isinstance(module, UniMedCLIPModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
@@ -82,15 +120,26 @@ class UniMedCLIPModel(UniMedCLIPPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The text tower's token embeddings (so that `resize_token_embeddings` adds tokens to the vocabulary)."""
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
     @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
-        """Image tower output whose `pooler_output` is the projected, unnormalised image embedding."""
-        vision_outputs: BaseModelOutputWithPooling = self.vision_model(
-            pixel_values=pixel_values, return_dict=True, **kwargs
-        )
-        vision_outputs.pooler_output = self.visual_projection(vision_outputs.pooler_output)
+        """Image tower output whose `pooler_output` is the projected, unnormalised image embedding.
+
+        `interpolate_pos_encoding=True` resizes the position embeddings bicubically for images of another size.
+        """
+        vision_outputs, image_embeds = encode_image(self, pixel_values, interpolate_pos_encoding, **kwargs)
+        vision_outputs.pooler_output = image_embeds
         return vision_outputs
 
     @can_return_tuple
@@ -106,13 +155,10 @@ class UniMedCLIPModel(UniMedCLIPPreTrainedModel):
         Without `attention_mask`, padding is found as `input_ids == pad_token_id`, as the original did.
         `token_type_ids` (which tokenizers return) are accepted and ignored, as in the original model.
         """
-        if attention_mask is None:
-            attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
-        # The original always ran BERT with its default all-zero segment ids.
-        text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        text_outputs, text_embeds = encode_text(self, input_ids, attention_mask, **kwargs)
         return BaseModelOutputWithPooling(
             last_hidden_state=text_outputs.last_hidden_state,
-            pooler_output=self.text_projection(text_outputs.last_hidden_state[:, 0]),
+            pooler_output=text_embeds,
             hidden_states=text_outputs.hidden_states,
             attentions=text_outputs.attentions,
         )
@@ -125,6 +171,7 @@ class UniMedCLIPModel(UniMedCLIPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        interpolate_pos_encoding: bool = False,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CLIPOutput:
         r"""
@@ -132,13 +179,17 @@ class UniMedCLIPModel(UniMedCLIPPreTrainedModel):
             Accepted because tokenizers and the zero-shot pipeline pass them; ignored, as in the original model.
         return_loss (`bool`, *optional*):
             Whether to return the symmetric contrastive (InfoNCE) loss over the batch's matching pairs.
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+            Resize the image tower's position embeddings bicubically for images of another size than the model's.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError(
                 "UniMedCLIPModel.forward needs both `input_ids` and `pixel_values`; use `get_text_features` or "
                 "`get_image_features` to embed one modality."
             )
-        vision_outputs = self.get_image_features(pixel_values=pixel_values, **kwargs)
+        vision_outputs = self.get_image_features(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
         text_outputs = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
@@ -213,6 +264,95 @@ class UniMedCLIPModel(UniMedCLIPPreTrainedModel):
         return model
 
 
+class UniMedCLIPVisionModelWithProjection(UniMedCLIPPreTrainedModel):
+    r"""
+    The image tower of UniMed-CLIP with its projection, for image-only work (embedding collections, linear probes,
+    `pipeline("image-feature-extraction")`, which returns `image_embeds`). Loads from a full UniMed-CLIP checkpoint,
+    reading only the image tower's weights, and gives the embeddings of `UniMedCLIPModel.get_image_features`.
+
+    Example:
+
+    ```python
+    >>> from modeling_unimedclip import UniMedCLIPVisionModelWithProjection
+
+    >>> vision = UniMedCLIPVisionModelWithProjection.from_pretrained("unimed-clip/unimed-clip-vit-b16")
+    >>> image_embeds = vision(pixel_values=pixel_values).image_embeds  # unnormalised, (batch, projection_dim)
+    ```"""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["CLIPEncoderLayer"]
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^logit_scale$"]
+
+    def __init__(self, config: UniMedCLIPConfig):
+        super().__init__(config)
+        self.vision_model = CLIPVisionModel._from_config(config.vision_config)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embedding
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CLIPVisionModelOutput:
+        vision_outputs, image_embeds = encode_image(self, pixel_values, interpolate_pos_encoding, **kwargs)
+        return CLIPVisionModelOutput(
+            image_embeds=image_embeds,
+            last_hidden_state=vision_outputs.last_hidden_state,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+        )
+
+
+class UniMedCLIPTextModelWithProjection(UniMedCLIPPreTrainedModel):
+    r"""
+    The text tower of UniMed-CLIP with its head, for text-only work (embedding prompts or reports). Loads from a full
+    UniMed-CLIP checkpoint, reading only the text tower's weights, and gives the embeddings of
+    `UniMedCLIPModel.get_text_features`.
+    """
+
+    input_modalities = ("text",)
+    _no_split_modules = ["BertLayer"]
+    _keys_to_ignore_on_load_unexpected = [r"^vision_model\.", r"^visual_projection\.", r"^logit_scale$"]
+
+    def __init__(self, config: UniMedCLIPConfig):
+        super().__init__(config)
+        self.text_model = BertModel._from_config(config.text_config, add_pooling_layer=False)
+        self.text_projection = UniMedCLIPTextHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CLIPTextModelOutput:
+        r"""
+        token_type_ids (`torch.Tensor`, *optional*):
+            Accepted because tokenizers pass them; ignored, as in the original model.
+        """
+        text_outputs, text_embeds = encode_text(self, input_ids, attention_mask, **kwargs)
+        return CLIPTextModelOutput(
+            text_embeds=text_embeds,
+            last_hidden_state=text_outputs.last_hidden_state,
+            hidden_states=text_outputs.hidden_states,
+            attentions=text_outputs.attentions,
+        )
+
+
 def resize_position_embedding(position_embedding: torch.Tensor, num_positions: int) -> torch.Tensor:
     """Bicubically resize a ViT position table (class token first, then a square grid) to `num_positions` rows.
 
@@ -234,4 +374,10 @@ def resize_position_embedding(position_embedding: torch.Tensor, num_positions: i
     return torch.cat([class_position, grid])
 
 
-__all__ = ["UniMedCLIPModel", "UniMedCLIPPreTrainedModel", "resize_position_embedding"]
+__all__ = [
+    "UniMedCLIPModel",
+    "UniMedCLIPPreTrainedModel",
+    "UniMedCLIPTextModelWithProjection",
+    "UniMedCLIPVisionModelWithProjection",
+    "resize_position_embedding",
+]

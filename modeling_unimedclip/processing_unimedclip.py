@@ -1,14 +1,19 @@
 """Processor for UniMed-CLIP: the BiomedBERT WordPiece tokenizer with the original text cleaning, and the image
 processor."""
 
+# First: the configuration module checks the transformers version before anything else is imported from it.
+from .configuration_unimedclip import MIN_TRANSFORMERS  # noqa: F401
+
+# isort: split
 import html
 
 from transformers import PreTrainedTokenizerBase
 from transformers.image_processing_base import BatchFeature
-from transformers.processing_utils import ProcessorMixin
-from transformers.utils import TensorType, logging
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
+from transformers.utils import logging
 
-from .image_processing_unimedclip import UniMedCLIPImageProcessor
+from .image_processing_unimedclip import UniMedCLIPImageProcessor, UniMedCLIPImageProcessorKwargs
+from .image_processing_unimedclip_fast import UniMedCLIPImageProcessorFast
 
 try:
     import ftfy
@@ -19,6 +24,11 @@ logger = logging.get_logger(__name__)
 
 # The original model's text context length: captions were truncated to 256 tokens in training and evaluation.
 CONTEXT_LENGTH = 256
+
+
+class UniMedCLIPProcessorKwargs(ProcessingKwargs, total=False):
+    text_kwargs: TextKwargs
+    images_kwargs: UniMedCLIPImageProcessorKwargs
 
 
 def clean_text(text: str) -> str:
@@ -39,71 +49,82 @@ def clean_text(text: str) -> str:
 
 class UniMedCLIPProcessor(ProcessorMixin):
     r"""
-    UniMed-CLIP processor: a [`UniMedCLIPImageProcessor`] and a BiomedBERT (uncased WordPiece) tokenizer.
+    UniMed-CLIP processor: a [`UniMedCLIPImageProcessor`] (or its fast variant) and a BiomedBERT (uncased WordPiece)
+    tokenizer.
 
     Text is cleaned as in the original ([`clean_text`]) and tokenized as `[CLS] ... [SEP]`, truncated to 256 tokens
     and, unlike the original's fixed length of 256, padded to the longest text of the batch: the model reads the
     masked [CLS] state, so the embeddings are the same.
 
+    Options follow transformers' processing conventions: `text_kwargs={...}` and `images_kwargs={...}` reach the
+    tokenizer and the image processor; an option given at the top level goes to whichever of them takes it
+    (`padding="max_length"`, `do_normalize=False`, `window="lung"`); `return_tensors` (default `"pt"`) applies to
+    both. An option that neither takes raises a `ValueError` naming it.
+
     Args:
-        image_processor ([`UniMedCLIPImageProcessor`]):
+        image_processor ([`UniMedCLIPImageProcessor`] or [`UniMedCLIPImageProcessorFast`]):
             The image processor.
         tokenizer ([`BertTokenizer`]):
             The BiomedBERT tokenizer.
     """
 
-    def __init__(self, image_processor: UniMedCLIPImageProcessor, tokenizer: PreTrainedTokenizerBase) -> None:
+    valid_processor_kwargs = UniMedCLIPProcessorKwargs
+    text_kwargs = {"padding": "longest", "truncation": True, "max_length": CONTEXT_LENGTH, "return_tensors": "pt"}
+    images_kwargs = {"return_tensors": "pt"}
+
+    def __init__(
+        self,
+        image_processor: UniMedCLIPImageProcessor | UniMedCLIPImageProcessorFast,
+        tokenizer: PreTrainedTokenizerBase,
+    ) -> None:
         super().__init__(image_processor, tokenizer)
 
-    def __call__(
-        self,
-        text: str | list[str] | None = None,
-        images=None,
-        padding: bool | str = "longest",
-        truncation: bool | str = True,
-        max_length: int | None = CONTEXT_LENGTH,
-        return_tensors: str | TensorType | None = TensorType.PYTORCH,
-        **kwargs,
-    ) -> BatchFeature:
+    def __call__(self, images=None, text: str | list[str] | None = None, **kwargs: Unpack[UniMedCLIPProcessorKwargs]):
         """
         Tokenize `text` and/or preprocess `images`.
 
         Args:
-            text (`str` or `list[str]`, *optional*):
-                One text or a batch of texts.
             images (*optional*):
                 One image or a list of images, as accepted by [`UniMedCLIPImageProcessor`].
-            padding, truncation, max_length:
-                Passed to the tokenizer; `padding="max_length"` reproduces the original fixed-length input.
-            return_tensors (`str` or [`~utils.TensorType`], *optional*, defaults to `"pt"`):
-                `"pt"` or `"np"`.
+            text (`str` or `list[str]`, *optional*):
+                One text or a batch of texts.
             kwargs:
-                Options of the image processor (such as `size`) go to it; the others go to the tokenizer.
+                Tokenizer and image processor options (see the class docstring); `padding="max_length"` reproduces
+                the original fixed-length input.
 
         Returns:
             [`BatchFeature`]: `input_ids`, `attention_mask` and `token_type_ids` for text, `pixel_values` for images.
         """
         if text is None and images is None:
             raise ValueError("UniMedCLIPProcessor needs `text`, `images` or both; got neither.")
-        image_options = self.image_processor.valid_kwargs.__annotations__
-        image_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in image_options}
-
+        self._check_options(kwargs)
+        options = self._merge_kwargs(
+            UniMedCLIPProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
         data = {}
         if text is not None:
-            texts = _clean_text_batch(text)
-            data.update(
-                self.tokenizer(
-                    texts,
-                    padding=padding,
-                    truncation=truncation,
-                    max_length=max_length,
-                    return_tensors=return_tensors,
-                    **kwargs,
-                )
-            )
+            data.update(self.tokenizer(_clean_text_batch(text), **options["text_kwargs"]))
         if images is not None:
-            data.update(self.image_processor(images, return_tensors=return_tensors, **image_kwargs))
+            data.update(self.image_processor(images, **options["images_kwargs"]))
+        return_tensors = options["text_kwargs"].get("return_tensors") or options["images_kwargs"].get("return_tensors")
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _check_options(self, kwargs: dict) -> None:
+        """transformers only logs options that no sub-processor takes; a misspelt option must not pass unnoticed."""
+        valid = {
+            "text_kwargs": set(TextKwargs.__annotations__),
+            "images_kwargs": set(self.image_processor.valid_kwargs.__annotations__),
+        }
+        for key, value in kwargs.items():
+            if key in valid:
+                unknown = sorted(set(value) - valid[key])
+                if unknown:
+                    raise ValueError(f"Unknown option(s) {unknown} in `{key}`; valid: {sorted(valid[key])}.")
+            elif not any(key in options for options in valid.values()):
+                raise ValueError(
+                    f"Unknown option `{key}` for UniMedCLIPProcessor: neither the tokenizer nor the image processor "
+                    f"takes it. Image options: {sorted(valid['images_kwargs'])}."
+                )
 
 
 def _clean_text_batch(text: str | list[str]) -> list[str]:

@@ -69,4 +69,3 @@ def test_catalog_entries_the_original_never_evaluated_are_left_out(tmp_path, mon
     monkeypatch.setattr(import_prompts_module, "load_catalog", lambda: {**catalog, "my_new_dataset": new})
     prompts = import_prompts(tmp_path)
     assert list(prompts) == list(catalog)
-

@@ -92,6 +92,28 @@ def test_monochrome1_is_inverted(tmp_path):
     assert np.asarray(dicom_to_pil(tmp_path / "m1.dcm")).tolist() == [[255 - v for v in ABDOMEN_BY_HAND]]
 
 
+@pytest.mark.parametrize(
+    ("photometric", "shape", "inverted"),
+    [
+        ("MONOCHROME2", "INVERSE", True),
+        ("MONOCHROME2", "IDENTITY", False),
+        ("MONOCHROME1", "INVERSE", True),  # the shape a MONOCHROME1 image carries: inverted once, not twice
+        ("MONOCHROME1", "IDENTITY", False),
+    ],
+)
+def test_presentation_lut_shape_decides_the_inversion(tmp_path, photometric, shape, inverted):
+    attributes = dict(PhotometricInterpretation=photometric, WindowCenter=40, WindowWidth=400)
+    write_dicom(tmp_path / "p.dcm", STORED, PresentationLUTShape=shape, **attributes)
+    expected = [255 - v for v in ABDOMEN_BY_HAND] if inverted else ABDOMEN_BY_HAND
+    assert np.asarray(dicom_to_pil(tmp_path / "p.dcm")).tolist() == [expected]
+
+
+def test_unknown_presentation_lut_shape_is_an_error(tmp_path):
+    write_dicom(tmp_path / "p.dcm", STORED, PresentationLUTShape="SIDEWAYS")
+    with pytest.raises(ValueError, match="Unknown Presentation LUT Shape 'SIDEWAYS'"):
+        dicom_to_pil(tmp_path / "p.dcm")
+
+
 def test_12_bit_signed_pixels(tmp_path):
     signed = np.array([[-2048, -1, 0, 2047]], dtype=np.int16)
     path = tmp_path / "signed.dcm"

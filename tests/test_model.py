@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import LABELS, TINY_VISION, images, tiny_config
 from huggingface_hub.errors import StrictDataclassError
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -17,7 +18,13 @@ from transformers import (
     pipeline,
 )
 
-from modeling_unimedclip import UniMedCLIPConfig, UniMedCLIPModel, UniMedCLIPProcessor
+from modeling_unimedclip import (
+    UniMedCLIPConfig,
+    UniMedCLIPModel,
+    UniMedCLIPProcessor,
+    UniMedCLIPTextModelWithProjection,
+    UniMedCLIPVisionModelWithProjection,
+)
 from modeling_unimedclip.modeling_unimedclip import resize_position_embedding
 from unimedclip.variants import VARIANTS, get_variant, variant_of
 
@@ -86,7 +93,8 @@ def test_save_and_auto_reload_are_identical(model_dir):
         "AutoProcessor",
         "AutoImageProcessor",
     }
-    for module_name in {entry.split(".")[0] for entry in auto_map.values()}:
+    references = [entry for value in auto_map.values() for entry in ([value] if isinstance(value, str) else value)]
+    for module_name in {entry.split(".")[0] for entry in references}:
         assert (model_dir / f"{module_name}.py").is_file()
 
 
@@ -229,3 +237,79 @@ def test_from_vision_text_pretrained(tmp_path, tiny_bert_dir):
 def test_position_embedding_resize_needs_square_grids():
     with pytest.raises(ValueError, match="from 11 to 37 rows"):
         resize_position_embedding(torch.zeros(11, 8), 37)
+
+
+def test_single_towers_load_from_a_full_checkpoint_and_give_its_embeddings(model_dir):
+    model = UniMedCLIPModel.from_pretrained(model_dir).eval()
+    processor = UniMedCLIPProcessor.from_pretrained(model_dir)
+    inputs = processor(text=LABELS, images=images(2))
+    vision, loading = UniMedCLIPVisionModelWithProjection.from_pretrained(model_dir, output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["mismatched_keys"]
+    text, loading = UniMedCLIPTextModelWithProjection.from_pretrained(model_dir, output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["mismatched_keys"]
+    assert not any(name.startswith("text") for name, _ in vision.named_parameters())
+    assert not any(name.startswith("vision") for name, _ in text.named_parameters())
+    with torch.no_grad():
+        expected_images = model.get_image_features(pixel_values=inputs.pixel_values).pooler_output
+        expected_texts = model.get_text_features(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
+        assert torch.equal(vision.eval()(pixel_values=inputs.pixel_values).image_embeds, expected_images)
+        text_embeds = text.eval()(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).text_embeds
+        assert torch.equal(text_embeds, expected_texts.pooler_output)
+
+    extractor = pipeline("image-feature-extraction", model=vision, image_processor=processor.image_processor)
+    features = extractor(images(2)[0], return_tensors=True)
+    torch.testing.assert_close(features, expected_images[:1], rtol=0, atol=1e-6)
+
+
+def test_token_embeddings_resize_for_new_medical_tokens(model_dir, tiny_tokenizer):
+    model = UniMedCLIPModel.from_pretrained(model_dir)
+    vocabulary = model.get_input_embeddings().num_embeddings
+    tokenizer = type(tiny_tokenizer)(vocab=tiny_tokenizer.get_vocab(), do_lower_case=True)
+    assert tokenizer.add_tokens(["pneumothorax", "hemothorax"]) == 2
+    model.resize_token_embeddings(len(tokenizer))
+    assert model.get_input_embeddings().num_embeddings == vocabulary + 2 == model.config.text_config.vocab_size
+    input_ids = tokenizer(["pneumothorax"], return_tensors="pt").input_ids
+    assert input_ids.max() == vocabulary  # the new token, now embedded
+    assert torch.isfinite(model.get_text_features(input_ids=input_ids).pooler_output).all()
+
+
+def test_interpolate_pos_encoding_takes_other_image_sizes(model_dir):
+    model = UniMedCLIPModel.from_pretrained(model_dir).eval()
+    larger = torch.randn(1, 3, 48, 48)
+    with pytest.raises(ValueError, match="doesn't match model"):
+        model.get_image_features(pixel_values=larger)
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=larger, interpolate_pos_encoding=True).pooler_output
+        outputs = model(input_ids=torch.tensor([[2, 40, 3]]), pixel_values=larger, interpolate_pos_encoding=True)
+    assert features.shape == (1, model.config.projection_dim)
+    torch.testing.assert_close(outputs.image_embeds, torch.nn.functional.normalize(features, dim=-1))
+
+
+def test_weights_missing_from_a_checkpoint_get_the_initialisation_of_a_fresh_model(model_dir, tmp_path):
+    """The "load the towers, train a new head" path: `from_pretrained` initialises what the checkpoint lacks as
+    `__init__` does (transformers' ModelTesterMixin checks the same), never NaN or the generic std 0.02."""
+    config = tiny_config(logit_scale_init_value=3.0)
+    config.vision_config.intermediate_size = config.text_config.intermediate_size = 512  # enough values for a std
+    torch.manual_seed(0)
+    UniMedCLIPModel(config).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    dropped = [
+        name
+        for name in weights
+        if name.startswith(("text_projection", "visual_projection", "logit_scale"))
+        or ".layers.1." in name
+        or ".layer.1." in name
+        or "post_layernorm" in name
+    ]
+    save_file({k: v for k, v in weights.items() if k not in dropped}, tmp_path / "model.safetensors", {"format": "pt"})
+    loaded = dict(UniMedCLIPModel.from_pretrained(tmp_path).named_parameters())
+    fresh = [dict(UniMedCLIPModel(config).named_parameters()) for _ in range(3)]
+    for name in dropped:
+        value = loaded[name].detach()
+        assert torch.isfinite(value).all(), name
+        references = [reference[name].detach() for reference in fresh]
+        if all(torch.equal(references[0], reference) for reference in references):  # a constant init (0, 1, 3.0)
+            assert torch.equal(value, references[0]), name
+        else:
+            low, high = min(r.std() for r in references), max(r.std() for r in references)
+            assert 0.85 * low <= value.std() <= 1.15 * high, (name, value.std(), low, high)

@@ -395,3 +395,88 @@ def test_processor_save_and_load(processor, tmp_path):
     assert set(first) == set(second)
     for key in first:
         assert torch.equal(first[key], second[key]), key
+
+
+# transformers' processing conventions: keyword routing, every option taking effect, unknown options refused.
+
+
+def test_every_documented_option_takes_effect(processor):
+    image = make_image("RGB", 401, 299, "noise")
+    default = processor(images=image).pixel_values
+    unnormalised = processor(images=image, do_normalize=False).pixel_values
+    mean, std = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1), torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
+    torch.testing.assert_close((unnormalised - mean) / std, default, rtol=0, atol=1e-6)
+    assert torch.equal(processor(images=image, images_kwargs={"do_normalize": False}).pixel_values, unnormalised)
+    raw = processor(images=image, do_normalize=False, do_rescale=False).pixel_values
+    assert torch.equal(raw, (unnormalised * 255).round()) and raw.max() > 1
+    assert torch.equal(
+        processor(images=image, do_rescale=True, rescale_factor=0.5, do_normalize=False).pixel_values, raw * 0.5
+    )
+    uncropped = processor(images=image, do_center_crop=False).pixel_values
+    assert uncropped.shape == (1, 3, 336, 450)  # shortest side 336, the long side int(336 * 401 / 299)
+    unresized = processor(images=image, do_resize=False).pixel_values
+    assert unresized.shape == (1, 3, 336, 336)  # cropped from the 401x299 original, zero padded
+    assert torch.equal(processor(images=image, size=224).pixel_values, reference([image], 224))
+    assert torch.equal(processor(images=image, images_kwargs={"size": 224}).pixel_values, reference([image], 224))
+    assert processor(text="normal", text_kwargs={"padding": "max_length"}).input_ids.shape == (1, 256)
+    mixed = [make_image("RGB", 401, 299, "noise"), make_image("RGB", 37, 50, "noise")]
+    with pytest.raises(ValueError, match="different sizes after resizing and cropping"):
+        processor(images=mixed, do_center_crop=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"do_normalise": False}, "Unknown option `do_normalise`"),
+        ({"do_convert_rgb": False}, "Unknown option `do_convert_rgb`"),
+        ({"images_kwargs": {"sise": 224}}, r"Unknown option\(s\) \['sise'\] in `images_kwargs`"),
+        ({"text_kwargs": {"pading": True}}, r"Unknown option\(s\) \['pading'\] in `text_kwargs`"),
+    ],
+)
+def test_unknown_options_are_refused_by_name(processor, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        processor(text="normal", images=make_image("RGB", 40, 40, "noise"), **kwargs)
+
+
+def test_channels_first_arrays_and_tensors(processor):
+    image = make_image("RGB", 401, 299, "noise")
+    expected = reference([image], 336)
+    channels_first = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # what torchvision.io.read_image returns
+    assert torch.equal(processor(images=channels_first).pixel_values, expected)
+    assert torch.equal(
+        processor(images=channels_first.numpy(), input_data_format="channels_first").pixel_values, expected
+    )
+    assert torch.equal(processor(images=np.array(image), input_data_format="channels_last").pixel_values, expected)
+    gray = np.array(image.convert("L"))[None]  # (1, H, W)
+    assert torch.equal(processor(images=gray).pixel_values, reference([image.convert("L")], 336))
+
+
+# The fast (torchvision) image processor.
+
+
+def test_fast_processor_is_chosen_by_backend_and_stays_close_to_the_exact_one(tmp_path):
+    from modeling_unimedclip import UniMedCLIPImageProcessorFast
+
+    UniMedCLIPImageProcessor(size=224).save_pretrained(tmp_path)
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is UniMedCLIPImageProcessor
+    fast = AutoImageProcessor.from_pretrained(tmp_path, backend="torchvision")
+    assert type(fast) is UniMedCLIPImageProcessorFast
+    assert type(AutoImageProcessor.from_pretrained(tmp_path, use_fast=True)) is UniMedCLIPImageProcessorFast
+    exact = UniMedCLIPImageProcessor(size=224)
+    for mode in MODES:
+        images = [make_image(mode, width, height, "noise") for width, height in IMAGE_SIZES]
+        fast_pixels = fast(images).pixel_values
+        assert fast_pixels.shape == (len(images), 3, 224, 224) and fast_pixels.dtype == torch.float32
+        # The fast processor converts to RGB before resizing, as torchvision pipelines do; the exact one resizes in
+        # the image's own mode (palette and 1-bit images with nearest, alpha premultiplied), as the original did.
+        as_rgb = exact([image.convert("RGB") for image in images]).pixel_values
+        assert (fast_pixels - as_rgb).abs().max() <= FAST_MAX_DIFFERENCE, mode
+        if mode in ("L", "RGB", "CMYK"):
+            assert (fast_pixels - exact(images).pixel_values).abs().max() <= FAST_MAX_DIFFERENCE, mode
+    fast.save_pretrained(tmp_path / "fast")
+    assert type(AutoImageProcessor.from_pretrained(tmp_path / "fast")) is UniMedCLIPImageProcessor  # exact by default
+
+
+# The fast and exact processors differ by at most two 8-bit levels per pixel after resizing (0.030 per normalised
+# pixel; bench/bench_processor.py measures it over more images, the README states it).
+FAST_MAX_DIFFERENCE = 2 / 255 / min(OPENAI_DATASET_STD) + 1e-6

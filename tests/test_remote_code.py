@@ -3,10 +3,12 @@ and the remote code's refusal of transformers 4.x."""
 
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from conftest import LABELS, images
 
 import modeling_unimedclip
 from modeling_unimedclip import UniMedCLIPModel, UniMedCLIPProcessor
+from modeling_unimedclip.configuration_unimedclip import MIN_TRANSFORMERS
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
@@ -77,8 +80,16 @@ def test_remote_code_loads_without_the_package(model_dir, tmp_path):
     assert probabilities.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_remote_code_refuses_transformers_4(monkeypatch):
-    monkeypatch.setattr(transformers, "__version__", "4.57.1")
+@pytest.mark.parametrize("found", ["4.57.1", "5.0.0", "5.19.3"])
+def test_remote_code_refuses_transformers_below_the_floor(monkeypatch, found):
+    """4.x mis-loads the vision tower; 5.0-5.19 lack SubConfigSpec: both get our message, not an ImportError of
+    transformers' own."""
+    monkeypatch.setattr(transformers, "__version__", found)
     configuration_file = os.path.join(os.path.dirname(modeling_unimedclip.__file__), "configuration_unimedclip.py")
-    with pytest.raises(ImportError, match=r"needs transformers>=5.0, found 4\.57\.1.*silently mis-load"):
+    with pytest.raises(ImportError, match=rf"needs transformers>=5\.20, found {re.escape(found)}.*pip install -U"):
         runpy.run_path(configuration_file)
+
+
+def test_the_floor_is_the_one_setup_py_declares():
+    setup = (Path(modeling_unimedclip.__file__).parents[1] / "setup.py").read_text()
+    assert f'"transformers>={MIN_TRANSFORMERS},<6"' in setup

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .readers import load_catalog
 
+
 def read_literals(constants_file: Path, names: set[str]) -> dict[str, object]:
     """The values of the top-level assignments `name = <literal>` for `names`, without running the file."""
     tree = ast.parse(constants_file.read_text(encoding="utf-8"), filename=str(constants_file))

@@ -35,7 +35,9 @@ def count_parameters(model_dir: str | Path) -> int:
 def remote_code_files(folder: Path) -> list[str]:
     """The modules `auto_map` in config.json names, and every module they import relatively, as file names."""
     auto_map = json.loads((folder / "config.json").read_text()).get("auto_map", {})
-    pending = sorted({reference.split(".")[0] + ".py" for reference in auto_map.values()})
+    # An entry is one class reference, or a list of them (an image processor per backend).
+    references = [ref for value in auto_map.values() for ref in ([value] if isinstance(value, str) else value) if ref]
+    pending = sorted({reference.split(".")[0] + ".py" for reference in references})
     found: list[str] = []
     while pending:
         name = pending.pop()
