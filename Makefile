@@ -21,6 +21,7 @@ bench: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_eval.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_data.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_train.py
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_processor.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo_output

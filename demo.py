@@ -159,9 +159,8 @@ def main(argv: list[str] | None = None) -> None:
 
     stage(6, "Writing the model card from the evaluation results")
     run_config = build_config(str(run_dir / "config.yaml"), {"push_to_hub": DEMO_REPO_ID})
-    card = model_card_for_directory(
-        model_dir, results_path=evaluation / "results.json", **run_config.model_card_fields()
-    )
+    fields = run_config.model_card_fields(precision="no")  # what stage 4 launched with
+    card = model_card_for_directory(model_dir, results_path=evaluation / "results.json", **fields)
     card.save(model_dir / "README.md")
     print(f"  {model_dir / 'README.md'}")
 

@@ -91,8 +91,8 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
     check_run_config(config)
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        log_with=None if config.report_to == "none" else config.report_to,
+        mixed_precision=config.mixed_precision,  # None: as `accelerate launch` or `accelerate config` set it
+        log_with=config.trackers,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         step_scheduler_with_optimizer=False,
     )
@@ -233,7 +233,8 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
                 interval_start, interval_steps, interval_loss = time.perf_counter(), 0, 0.0
             if config.eval_every and step % config.eval_every == 0:
                 if eval_hook is not None:
-                    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
+                    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+                    dtype = dtypes.get(accelerator.mixed_precision, torch.float32)
                     accelerator.log(eval_hook(unwrapped, processor, dtype), step=step)
                 accelerator.wait_for_everyone()
             if step % config.checkpoint_every == 0 or step == config.total_steps:
@@ -242,7 +243,8 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
         final_dir = output_dir / "final"
         export_model(final_dir)
         if accelerator.is_main_process:
-            model_card_for_directory(final_dir, **config.model_card_fields()).save(final_dir / "README.md")
+            card = model_card_for_directory(final_dir, **config.model_card_fields(accelerator.mixed_precision))
+            card.save(final_dir / "README.md")
             if pusher is not None:
                 pusher.push(final_dir, "UniMed-CLIP, end of training")
         accelerator.wait_for_everyone()

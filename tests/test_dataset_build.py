@@ -276,6 +276,10 @@ def test_card_declares_configs_features_and_licences(built, raw_sources):
     assert {"name": "image", "dtype": "image"} in infos["xray"]["features"]
     assert infos["all"]["splits"][0]["num_examples"] == len(expected_samples(raw_sources))
     assert "2412.10372" in card_text and "| MIMIC-CXR-JPG (frontal) | xray | 2 | 0 | credentialed | no |" in card_text
+    assert (metadata["license"], metadata["license_link"], metadata["language"]) == ("other", "LICENSE.md", "en")
+    assert metadata["license_name"] == "unimed-per-source-terms" and metadata["size_categories"] == "n<1K"
+    licences = (built / "LICENSE.md").read_text()
+    assert "| MIMIC-CXR-JPG (frontal) | credentialed | no | https://physionet.org/content/mimic-cxr-jpg/ |" in licences
 
 
 def test_missing_and_corrupt_images_are_skipped_and_counted(tmp_path, raw_sources, capsys):

@@ -13,8 +13,9 @@ from conftest import images
 from huggingface_hub import ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
 
-from modeling_unimedclip import UniMedCLIPModel, UniMedCLIPProcessor
+from modeling_unimedclip import UniMedCLIPModel, UniMedCLIPProcessor, UniMedCLIPVisionModelWithProjection
 from unimedclip.evaluation import (
     DEFAULT_PROMPTS,
     Evaluator,
@@ -28,6 +29,7 @@ from unimedclip.evaluation import (
 )
 from unimedclip.evaluation import command as evaluate_command
 from unimedclip.evaluation.evaluator import METRIC_MODULE, few_shot_accuracy
+from unimedclip.evaluation.readers import BENCHMARK_REPO
 from unimedclip.inference import zero_shot as zero_shot_module
 
 PER_CLASS = 3
@@ -38,9 +40,16 @@ def write_image(path, seed: int) -> None:
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(path)
 
 
-def materialize(entry: dict, root, per_class: int = PER_CLASS) -> None:
-    """Write a tiny dataset laid out as a catalog entry's loader reads it: `per_class` images per class."""
+PATH_KEYS = ("root", "file", "image_root")
+
+
+def materialize(entry: dict, root, per_class: int = PER_CLASS, layout: int = -1) -> None:
+    """Write a tiny dataset laid out as a catalog entry's loader reads it: `per_class` images per class. A path the
+    catalog gives in several layouts is written in the `layout`-th (by default the last)."""
     loader, classes = entry["loader"], entry["classes"]
+    loader = {
+        key: value[layout] if isinstance(value, list) and key in PATH_KEYS else value for key, value in loader.items()
+    }
     kind = loader["type"]
     label_cells = {index: value for value, index in reversed(list((loader.get("label_values") or {}).items()))}
     items = [(c, j, label_cells.get(c, str(c))) for c in range(len(classes)) for j in range(per_class)]
@@ -410,9 +419,9 @@ def test_cli_end_to_end(model_dir, tmp_path, tiny, monkeypatch, capsys):
     card = ModelCardData(model_name="unimed-clip-tiny", eval_results=eval_results(saved["results"]))
     name, parsed = model_index_to_eval_results(card.to_dict()["model-index"])
     assert name == "unimed-clip-tiny"
-    assert {(r.dataset_type, r.metric_type, r.metric_value) for r in parsed} == {
-        ("acl-like", "roc_auc", round(acl["value"], 2)),
-        ("folders-like", "accuracy", round(folders["value"], 2)),
+    assert {(r.dataset_type, r.dataset_config, r.metric_type, r.metric_value) for r in parsed} == {
+        (BENCHMARK_REPO, "acl-like", "roc_auc", round(acl["value"], 2)),
+        (BENCHMARK_REPO, "folders-like", "accuracy", round(folders["value"], 2)),
     }
     assert saved["model_index"][0]["metric_value"] == round(acl["value"], 2)
 
@@ -445,18 +454,46 @@ def test_cli_retrieval_and_linear_probe(model_dir, tmp_path, capsys):
         ]
     )
     probe = report["results"]["folder"]
-    assert set(probe) == {"1", "2"} and 0 <= probe["2"]["mean"] <= 100 and probe["1"]["seeds"] == [0, 1]
+    assert set(probe) == {"1", "2"} and probe["1"]["seeds"] == [0, 1]
+
+    # An image-only task loads only the image tower; its probe equals one computed here on the full model's features.
+    tower = evaluate_command.load_model(str(model_dir), None, image_only=True)
+    assert isinstance(tower, UniMedCLIPVisionModelWithProjection)
+    model, processor = (
+        UniMedCLIPModel.from_pretrained(model_dir).eval(),
+        UniMedCLIPProcessor.from_pretrained(model_dir),
+    )
+    files = sorted((tmp_path / "folder").rglob("*.png"))
+    labels = np.array([0 if file.parent.name == "a" else 1 for file in files])
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=processor(images=files).pixel_values).pooler_output
+    features = torch.nn.functional.normalize(features, dim=-1).numpy()
+    for shots in (1, 2):
+        accuracies = []
+        for seed in (0, 1):
+            rng = np.random.default_rng(seed)
+            train = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False) for c in (0, 1)])
+            test = np.setdiff1d(np.arange(len(labels)), train)
+            classifier = LogisticRegression(max_iter=1000).fit(features[train], labels[train])
+            accuracies.append(100 * (classifier.predict(features[test]) == labels[test]).mean())
+        assert probe[str(shots)]["mean"] == pytest.approx(np.mean(accuracies), abs=1e-6)
 
 
 def test_cli_on_the_real_catalog_and_prompts(model_dir, tmp_path):
     catalog = load_catalog()
-    for key in ("acl_mri", "PCAM", "five_retina"):
-        materialize(catalog[key], tmp_path / "data", per_class=2)
+    for key in ("acl_mri", "PCAM", "five_retina", "rsna_pneumonia"):
+        materialize(catalog[key], tmp_path / "data", per_class=2)  # PCam as the original archive has it, in uzair/
+    assert catalog["PCAM"]["loader"]["root"][-1].startswith("uzair/")
     common = ["--model", str(model_dir), "--data-root", str(tmp_path / "data"), "--num-workers", "0"]
-    report = evaluate_command.main(
-        [*common, "--output", str(tmp_path / "out"), "--datasets", "acl_mri", "PCAM", "five_retina", "BACH"]
-    )
-    assert set(report["results"]) == {"acl_mri", "PCAM", "five_retina"} and set(report["skipped"]) == {"BACH"}
+    keys = ["acl_mri", "PCAM", "five_retina", "rsna_pneumonia", "BACH"]
+    report = evaluate_command.main([*common, "--output", str(tmp_path / "out"), "--datasets", *keys])
+    assert set(report["results"]) == set(keys[:-1]) and set(report["skipped"]) == {"BACH"}
     assert report["results"]["acl_mri"]["metric"] == "auc" and report["results"]["PCAM"]["images"] == 4
+    # RSNA: accuracy, as the paper reports it, and the AUC the original also computed.
+    rsna = [entry for entry in report["model_index"] if entry["dataset_name"] == "rsna_pneumonia"]
+    assert [(entry["metric_type"], entry["metric_value"]) for entry in rsna] == [
+        ("accuracy", round(report["results"]["rsna_pneumonia"]["accuracy"], 2)),
+        ("roc_auc", round(report["results"]["rsna_pneumonia"]["auc"], 2)),
+    ]
     with pytest.raises(SystemExit, match="Unknown dataset"):
         evaluate_command.main([*common, "--datasets", "imagenet"])

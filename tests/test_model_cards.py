@@ -12,6 +12,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from modeling_unimedclip import UniMedCLIPModel
 from unimedclip.evaluation import eval_results, summarize
+from unimedclip.evaluation.readers import BENCHMARK_REPO
 from unimedclip.release import hub as hub_module
 from unimedclip.release.hub import publish_model
 from unimedclip.release.model_card import Architecture, model_card_for_directory, released_cards
@@ -26,6 +27,8 @@ RESULTS = {
     "acl_mri": {"modality": "mri", "metric": "auc", "value": 55.5, "images": 120},
     "CT_axial": {"modality": "ct", "metric": "accuracy", "value": 83.0, "images": 400},
 }
+for _key, _result in RESULTS.items():
+    _result["hub_dataset"] = [BENCHMARK_REPO, _key]
 
 
 def write_results(path: Path) -> Path:
@@ -60,8 +63,9 @@ def test_card_metadata_and_tables_come_from_the_results(model_copy, tmp_path):
         data.base_model is None and data.datasets is None
     )  # a tiny custom shape was not initialised from MetaCLIP or BiomedBERT
     assert data.widget and all("candidate_labels" in example for example in data.widget)
-    index = {result.dataset_type: result for result in data.eval_results}
+    index = {result.dataset_name: result for result in data.eval_results}
     assert set(index) == set(RESULTS)
+    assert {(r.dataset_type, r.dataset_config) for r in data.eval_results} == {(BENCHMARK_REPO, k) for k in RESULTS}
     assert (index["chexpert-5x200"].metric_type, index["chexpert-5x200"].metric_value) == ("accuracy", 71.23)
     assert (index["acl_mri"].metric_type, index["acl_mri"].metric_value) == ("roc_auc", 55.5)
     assert data.model_name == "unimed-clip-tiny"
@@ -106,6 +110,7 @@ def test_architecture_of_released_variants_and_sharded_directories(model_copy, t
     assert Architecture.from_directory(model_copy).variant is None
     cards = released_cards()
     assert cards["unimed-clip-vit-b16.md"].data.base_model[0] == "facebook/metaclip-b16-400m"
+    assert cards["unimed-clip-vit-b16.md"].data.base_model_relation == "finetune"  # two bases are not a merge
     assert cards["unimed-clip-vit-l14-336-large.md"].data.base_model == [
         "facebook/metaclip-l14-400m",
         "microsoft/BiomedNLP-BiomedBERT-large-uncased-abstract",

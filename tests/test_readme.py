@@ -1,19 +1,24 @@
-"""Every code block of the README runs, in order, so that the documentation cannot rot.
+"""Every code block of the README and of the released model cards runs, so that the documentation cannot rot.
 
 The blocks run in a sandbox folder laid out like the Hub: `unimed-clip/unimed-clip-vit-b16`,
 `microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract`, `facebook/metaclip-b16-400m` and `unimed-clip/UniMed` are
 local directories there holding tiny models and a tiny UniMed build, which `from_pretrained` and `load_dataset` find
-before the Hub. Python blocks share one namespace, as in a notebook. Shell commands run in this process through the
-same entry points the shell would reach, with a fake `HfApi` for uploads; the only changes are the flags in
-`SCALE_DOWN`, which shrink a paper-sized training run to two tiny steps.
+before the Hub. The Python blocks of each `## ` section run together in a fresh interpreter, as a user would type
+them: once with this package installed but not imported, and, unless a block imports the project, once where the
+package cannot be imported at all (the model card's promise to users of `trust_remote_code=True`). Shell commands run
+in this process through the same entry points the shell would reach, with a fake `HfApi` for uploads; the only
+changes are the flags in `SCALE_DOWN`, which shrink a paper-sized training run to two tiny steps.
 """
 
 import json
+import os
 import re
 import runpy
 import shlex
 import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import nibabel
@@ -47,8 +52,73 @@ NOT_RUN_HERE = {"make"}
 CHEST_XRAYS = 16
 
 
-def code_blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.DOTALL | re.MULTILINE)
+MODEL_CARD = ROOT / "model_cards" / "unimed-clip-vit-b16.md"
+PROJECT_PACKAGES = ("modeling_unimedclip", "unimedclip", "dataset_scripts")
+# Run before a section's blocks in the "not installed" mode: the project cannot be imported, as on a machine that has
+# only transformers and the model repository.
+HIDE_PROJECT = textwrap.dedent(
+    f"""
+    import importlib.abc, sys
+
+    class HideProject(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {PROJECT_PACKAGES!r}:
+                raise ImportError(f"{{name}} is not installed here")
+
+    sys.meta_path.insert(0, HideProject())
+    """
+)
+# Printed after a section's blocks, for the assertions below.
+REPORT = textwrap.dedent(
+    """
+    import json as _json
+    _found = {name: value for name, value in globals().items() if not name.startswith("_")}
+    _report = {
+        "predictions": len(_found["predictions"]) if "predictions" in _found else None,
+        "probabilities": list(_found["probabilities"].shape) if "probabilities" in _found else None,
+        "ct_inputs": list(_found["ct_inputs"].pixel_values.shape) if "ct_inputs" in _found else None,
+        "frame_inputs": list(_found["frame_inputs"].pixel_values.shape) if "frame_inputs" in _found else None,
+        "inputs": list(_found["inputs"].pixel_values.shape) if "inputs" in _found else None,
+        "sample_modality": _found["sample"]["json"]["modality"] if "sample" in _found else None,
+        "batch": list(_found["batch"]["pixel_values"].shape) if "batch" in _found else None,
+        "model_module": type(_found["model"]).__module__.split(".")[0] if "model" in _found else None,
+        "embedding": list(_found["embedding"].shape) if "embedding" in _found else None,
+    }
+    print("REPORT " + _json.dumps(_report))
+    """
+)
+
+
+def code_blocks(language: str, document: Path = README) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", document.read_text(), flags=re.DOTALL | re.MULTILINE)
+
+
+def python_sections(document: Path, hide_project: bool = False) -> dict[str, str]:
+    """The Python blocks of each `## ` section, joined: the code a user types in one interpreter. With
+    `hide_project`, only the blocks that do not import the project (which need it installed)."""
+    sections: dict[str, str] = {}
+    for part in re.split(r"^## ", document.read_text(), flags=re.MULTILINE)[1:]:
+        title = part.splitlines()[0].strip()
+        blocks = re.findall(r"^```python\n(.*?)^```", part, flags=re.DOTALL | re.MULTILINE)
+        if hide_project:
+            blocks = [
+                block for block in blocks if not re.search(r"^\s*(from|import) (modeling_)?unimedclip", block, re.M)
+            ]
+        if blocks:
+            sections[title] = "\n".join(blocks)
+    return sections
+
+
+def run_fresh(code: str, sandbox: Path, hide_project: bool) -> dict:
+    """Run `code` in a new interpreter in the sandbox, as a user would; returns what REPORT prints."""
+    script = (HIDE_PROJECT if hide_project else "") + code + REPORT
+    environment = {**os.environ, "HOME": str(sandbox), "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(sandbox / "mc")}
+    environment["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=sandbox, env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, f"{'not installed' if hide_project else 'installed'}:\n{result.stderr[-4000:]}"
+    return json.loads(next(line for line in result.stdout.splitlines() if line.startswith("REPORT "))[7:])
 
 
 def shell_commands() -> list[list[str]]:
@@ -141,20 +211,34 @@ def run_command(words: list[str]) -> None:
         runpy.run_path(str(ROOT / script), run_name="__main__")
 
 
-def test_readme_runs(sandbox, monkeypatch):
+@pytest.mark.parametrize("hide_project", [False, True], ids=["installed-not-imported", "not-installed"])
+def test_readme_python_runs_in_a_fresh_interpreter(sandbox, hide_project):
+    sections = python_sections(README, hide_project)
+    assert {"Using the model", "The UniMed dataset"} <= set(sections)
+    reports = {title: run_fresh(code, sandbox, hide_project) for title, code in sections.items()}
+    model = reports["Using the model"]
+    assert model["predictions"] == 2 and model["probabilities"] == [1, 2]
+    assert model["ct_inputs"] == model["frame_inputs"] == [1, 3, 32, 32]
+    # The remote code from the model repository, never this package, even where it is installed.
+    assert model["model_module"] == "transformers_modules"
+    assert reports["The UniMed dataset"]["sample_modality"] == "xray"
+    if not hide_project:
+        assert model["embedding"] == [1, 24] and reports["The UniMed dataset"]["batch"][0] == 4
+
+
+@pytest.mark.parametrize("hide_project", [False, True], ids=["installed-not-imported", "not-installed"])
+def test_model_card_python_runs_in_a_fresh_interpreter(sandbox, hide_project):
+    sections = python_sections(MODEL_CARD)
+    assert "How to use" in sections
+    report = run_fresh(sections["How to use"], sandbox, hide_project)
+    assert report["probabilities"] == [1, 2] and report["inputs"] == [1, 3, 32, 32]
+
+
+def test_readme_commands_run(sandbox, monkeypatch):
     monkeypatch.chdir(sandbox)
     monkeypatch.setenv("HOME", str(sandbox))  # caches the examples write
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     monkeypatch.setattr(unimedclip.release.hub, "HfApi", FakeHfApi)
-
-    namespace: dict = {}
-    for block in code_blocks("python"):
-        exec(compile(block, str(README), "exec"), namespace)
-    assert len(namespace["predictions"]) == 2
-    assert namespace["probabilities"].shape == (1, 2)
-    assert namespace["ct_inputs"].pixel_values.shape == namespace["frame_inputs"].pixel_values.shape
-    assert namespace["sample"]["json"]["modality"] == "xray"
-    assert namespace["batch"]["pixel_values"].shape[0] == 4
 
     commands = shell_commands()
     assert {words[0] for words in commands} == {"python", "unimedclip", "accelerate"}

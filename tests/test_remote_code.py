@@ -48,10 +48,14 @@ REMOTE_SCRIPT = textwrap.dedent(
     with torch.no_grad():
         logits = model(**processor(text=labels, images=batch, return_tensors="pt")).logits_per_image
     classifier = pipeline("zero-shot-image-classification", model=directory, trust_remote_code=True)
+    fast = AutoProcessor.from_pretrained(directory, trust_remote_code=True, backend="torchvision").image_processor
     print(json.dumps({
         "model_module": type(model).__module__,
         "logits": logits.tolist(),
         "pipeline": classifier(batch[0], candidate_labels=labels),
+        "image_processors": [type(processor.image_processor).__name__, type(classifier.image_processor).__name__],
+        "fast_image_processor": type(fast).__name__,
+        "fast_pixels": fast(batch).pixel_values.tolist(),
     }))
     """
 )
@@ -78,6 +82,11 @@ def test_remote_code_loads_without_the_package(model_dir, tmp_path):
     torch.testing.assert_close(torch.tensor(remote["logits"]), expected, atol=1e-6, rtol=1e-6)
     probabilities = expected.new_tensor([entry["score"] for entry in remote["pipeline"]])
     assert probabilities.sum().item() == pytest.approx(1.0, abs=1e-5)
+    # The exact processor by default, also where transformers would pick torchvision; the fast one on request.
+    assert remote["image_processors"] == ["UniMedCLIPImageProcessor", "UniMedCLIPImageProcessor"]
+    assert remote["fast_image_processor"] == "UniMedCLIPImageProcessorFast"
+    exact = processor(images=images(2)).pixel_values
+    assert 0 < (torch.tensor(remote["fast_pixels"]) - exact).abs().max() < 0.05
 
 
 @pytest.mark.parametrize("found", ["4.57.1", "5.0.0", "5.19.3"])

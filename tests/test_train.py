@@ -206,7 +206,7 @@ def test_presets_match_the_recipe():
             10,
             2000,
         )
-        assert config.init == "vision-text" and config.mixed_precision == "bf16"
+        assert config.init == "vision-text" and config.mixed_precision is None  # accelerate's launch or config
     assert b16.lr == 5e-4 and base.lr == large.lr == 4e-4
     assert base.image_size == large.image_size == 336 and b16.image_size == 224
     assert "base" in base.text and "large" in large.text and "b16" in b16.vision and "l14" in base.vision
@@ -228,7 +228,10 @@ def test_yaml_files_and_command_line_override_presets(tmp_path):
         ({"lr": -1.0}, "lr must be a positive number"),
         ({"batch_size": 100, "micro_batch_size": 64}, "not a multiple of micro_batch_size"),
         ({"warmup_steps": 30_000}, "must be smaller than the total steps"),
-        ({"mixed_precision": "fp8"}, "mixed_precision must be one of"),
+        ({"mixed_precision": "fp4"}, "mixed_precision must be one of"),
+        ({"report_to": ["tensorboard", "tensorbored"]}, "report_to takes trackers of"),
+        ({"report_to": ["none", "wandb"]}, "report_to 'none' excludes other trackers"),
+        ({"lr": 1e-4, "learning_rate": 2e-4}, "learning_rate and lr are the same option"),
         ({"beta2": 1.0}, "beta2 must be in [0, 1)"),
         ({"vision": None}, "give both or neither"),
         ({"vision": None, "text": None}, "needs a tokenizer directory"),
@@ -243,6 +246,36 @@ def test_invalid_values_are_clear_errors(overrides, message):
     with pytest.raises(ConfigurationError) as error:
         build_config("b16", overrides)
     assert message in str(error.value)
+
+
+def test_command_line_takes_both_spellings_and_trainer_names():
+    config, _ = parse_args(
+        ["--config", "b16", "--micro_batch_size", "64", "--warmup-steps", "10", "--learning_rate", "3e-4",
+         "--save_steps", "500", "--save_total_limit", "2", "--hub_model_id", "me/run", "--logging_steps", "5",
+         "--report_to", "tensorboard", "wandb", "--gradient_checkpointing", "--num_train_epochs", "2"]
+    )  # fmt: skip
+    assert (config.micro_batch_size, config.warmup_steps, config.lr) == (64, 10, 3e-4)
+    assert (config.checkpoint_every, config.keep_checkpoints, config.push_to_hub) == (500, 2, "me/run")
+    assert (config.log_every, config.report_to, config.activation_checkpointing) == (5, ["tensorboard", "wandb"], True)
+    assert config.epochs == 2 and config.trackers == ["tensorboard", "wandb"]
+    assert parse_args(["--report-to", "none"])[0].trackers is None
+    assert (
+        build_config("b16", {"resume_from_checkpoint": "latest", "per_device_train_batch_size": 32}).resume == "latest"
+    )
+
+
+def test_precision_comes_from_accelerate_unless_given(tmp_path, unimed_repo, tokenizer_dir, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` (or `accelerate config`) reaches train.py through the environment."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    final = train_script.train(
+        demo_config(unimed_repo, tokenizer_dir, tmp_path / "launched", max_steps=2, warmup_steps=1)
+    )
+    assert "| precision | bf16 |" in (final / "README.md").read_text()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    config = demo_config(
+        unimed_repo, tokenizer_dir, tmp_path / "explicit", max_steps=2, warmup_steps=1, mixed_precision="no"
+    )
+    assert "| precision | no |" in (train_script.train(config) / "README.md").read_text()
 
 
 def test_invalid_values_fail_before_anything_starts(tmp_path, capsys):

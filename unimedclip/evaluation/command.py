@@ -19,7 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
+from modeling_unimedclip import UniMedCLIPConfig, UniMedCLIPVisionModelWithProjection
 
 from ..inference.zero_shot import expand_labels
 from ..modalities import MODALITIES
@@ -109,9 +111,16 @@ def datasets_to_run(args: argparse.Namespace, skipped: dict):
             print(f"Skipping {key}: {error}", file=sys.stderr)
 
 
+def load_model(name: str, revision: str | None, image_only: bool):
+    """The model to evaluate; for image-only tasks, only the image tower of a UniMed-CLIP (no BERT in memory)."""
+    if image_only and AutoConfig.from_pretrained(name, revision=revision).model_type == UniMedCLIPConfig.model_type:
+        return UniMedCLIPVisionModelWithProjection.from_pretrained(name, revision=revision)
+    return AutoModel.from_pretrained(name, revision=revision)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = parse_args(argv, prog)
-    model = AutoModel.from_pretrained(args.model, revision=args.revision).to(args.device)
+    model = load_model(args.model, args.revision, image_only=args.task == "linear-probe").to(args.device)
     processor = AutoProcessor.from_pretrained(args.model, revision=args.revision)
     evaluator = Evaluator(
         model,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from huggingface_hub import EvalResult
 from tqdm.auto import tqdm
 
-from ..inference.zero_shot import class_embeddings, text_embeddings
+from ..inference.zero_shot import class_embeddings, project_images, text_embeddings
 from .readers import EvalDataset, ImageDataset, Sample, collate
 
 METRIC_MODULE = str(Path(__file__).parent / "metrics" / "unimed_zero_shot")
@@ -58,8 +58,10 @@ class Evaluator:
         metrics = self.metric.compute(predictions=scores.tolist(), references=labels.tolist())
         return {
             "modality": dataset.modality,
+            "hub_dataset": dataset.hub_dataset,
             "metric": dataset.metric,
             "value": metrics["auc" if dataset.metric == "auc" else "accuracy"],
+            "also_report": list(dataset.also_report),
             **{key: metrics[key] for key in ("accuracy", "balanced_accuracy", "auc")},
             "classes": {
                 name: {"recall": recall, "support": support}
@@ -114,8 +116,8 @@ class Evaluator:
                 unreadable += failed
                 if pixel_values is not None:
                     with autocast:
-                        features = self.model.get_image_features(pixel_values=pixel_values.to(self.model.device))
-                    embeds.append(F.normalize(features.pooler_output.float(), dim=-1).cpu())
+                        features = project_images(self.model, pixel_values.to(self.model.device))
+                    embeds.append(F.normalize(features.float(), dim=-1).cpu())
                     labels.append(batch_labels)
                 progress.update(len(batch_labels) + len(failed))
         if not embeds:
@@ -203,17 +205,28 @@ def markdown_table(results: dict[str, dict], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+METRIC_NAMES = {"accuracy": ("accuracy", "Top-1 accuracy (%)"), "auc": ("roc_auc", "ROC AUC (%)")}
+
+
 def eval_results(results: dict[str, dict]) -> list[EvalResult]:
-    """Model-card `model-index` entries, one per dataset, with the paper's metric."""
-    return [
-        EvalResult(
-            task_type="zero-shot-image-classification",
-            task_name="Zero-shot image classification",
-            dataset_type=key,
-            dataset_name=key,
-            metric_type="roc_auc" if r["metric"] == "auc" else "accuracy",
-            metric_name="ROC AUC (%)" if r["metric"] == "auc" else "Top-1 accuracy (%)",
-            metric_value=round(r["value"], 2),
-        )
-        for key, r in results.items()
-    ]
+    """Model-card `model-index` entries: per dataset, the paper's metric, then those reported beside it. A dataset is
+    named by the Hub dataset (and config) it comes from, or by its key when it has none (a local folder)."""
+    entries = []
+    for key, r in results.items():
+        dataset_type, dataset_config = r.get("hub_dataset") or (key, None)
+        values = {r["metric"]: r["value"], **{metric: r[metric] for metric in r.get("also_report", [])}}
+        for metric, value in values.items():
+            metric_type, metric_name = METRIC_NAMES[metric]
+            entries.append(
+                EvalResult(
+                    task_type="zero-shot-image-classification",
+                    task_name="Zero-shot image classification",
+                    dataset_type=dataset_type,
+                    dataset_config=dataset_config,
+                    dataset_name=key,
+                    metric_type=metric_type,
+                    metric_name=metric_name,
+                    metric_value=round(value, 2),
+                )
+            )
+    return entries

@@ -12,7 +12,11 @@ from typing import Any
 
 import torch
 
+from ..variants import RELEASE_NAMESPACE
+
 CATALOG_FILE = Path(__file__).parent / "catalog.json"
+# The Hub dataset of the 21 test sets in the release namespace, one config per catalog key; model cards cite it.
+BENCHMARK_REPO = f"{RELEASE_NAMESPACE}/UniMed-CLIP-zero-shot-benchmark"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 
 
@@ -29,6 +33,8 @@ class EvalDataset:
     metric: str  # "accuracy" or "auc"
     classes: list[str]
     samples: list[Sample]
+    hub_dataset: tuple[str, str | None] | None = None  # (Hub dataset id, config) it comes from, for model cards
+    also_report: tuple[str, ...] = ()  # metrics reported beside `metric` ("auc": RSNA, as the original did)
 
 
 def load_catalog(path: Path = CATALOG_FILE) -> dict[str, dict]:
@@ -49,7 +55,15 @@ def catalog_dataset(key: str, entry: dict, data_root: Path) -> EvalDataset:
         raise ValueError(f"{key}: unknown loader type {loader['type']!r} in the catalog.")
     samples = read(loader, Path(data_root))
     _check_labels(key, samples, entry["classes"])
-    return EvalDataset(key, entry["modality"], entry["metric"], entry["classes"], samples)
+    return EvalDataset(
+        key,
+        entry["modality"],
+        entry["metric"],
+        entry["classes"],
+        samples,
+        (BENCHMARK_REPO, key),
+        tuple(entry.get("also_report", ())),
+    )
 
 
 def image_folder_dataset(root: Path, key: str | None = None) -> EvalDataset:
@@ -94,7 +108,9 @@ def hf_dataset(
     else:
         classes = sorted({label for _, label in rows})
         samples = [Sample(image, classes.index(label)) for image, label in rows]
-    return EvalDataset(name_or_path.rstrip("/").split("/")[-1], None, "accuracy", [str(c) for c in classes], samples)
+    hub_dataset = None if Path(name_or_path).exists() else (name_or_path, None)
+    key = name_or_path.rstrip("/").split("/")[-1]
+    return EvalDataset(key, None, "accuracy", [str(c) for c in classes], samples, hub_dataset)
 
 
 def csv_pairs(file: Path, path_column: str = "path", caption_column: str = "caption") -> tuple[list[Path], list[str]]:
@@ -169,8 +185,15 @@ def _cell(row, column):
     return row[column]
 
 
+def _located(root: Path, relative: str | list[str]) -> Path:
+    """`root / relative`; a list gives the places one dataset has in different copies of the evaluation archive
+    (PCam sits under `uzair/` in the original one): the first that exists, else the first."""
+    candidates = [root / path for path in ([relative] if isinstance(relative, str) else relative)]
+    return next((path for path in candidates if path.exists()), candidates[0])
+
+
 def _csv_rows(loader: dict, root: Path) -> list:
-    rows = _read_csv(root / loader["file"], loader.get("header", True), loader.get("index_column", False))
+    rows = _read_csv(_located(root, loader["file"]), loader.get("header", True), loader.get("index_column", False))
     for column, value in (loader.get("filter") or {}).items():
         rows = [row for row in rows if str(_cell(row, column)) == str(value)]
     return rows
@@ -178,31 +201,29 @@ def _csv_rows(loader: dict, root: Path) -> list:
 
 def _csv_samples(loader: dict, root: Path) -> list[Sample]:
     samples = []
-    values = loader.get("label_values")
+    values, image_root = loader.get("label_values"), _located(root, loader["image_root"])
     for row in _csv_rows(loader, root):
         path, label = _cell(row, loader["path_column"]), _cell(row, loader["label_column"])
         if loader.get("path_template"):
             path = loader["path_template"].format(path=path, label=label)
-        samples.append(Sample(root / loader["image_root"] / path, _label(label, values, loader["file"])))
+        samples.append(Sample(image_root / path, _label(label, values, loader["file"])))
     return samples
 
 
 def _csv_one_hot_samples(loader: dict, root: Path) -> list[Sample]:
-    samples = []
+    samples, image_root = [], _located(root, loader["image_root"])
     for row in _csv_rows(loader, root):
         scores = [float(_cell(row, column) or 0) for column in loader["label_columns"]]
-        samples.append(
-            Sample(root / loader["image_root"] / _cell(row, loader["path_column"]), scores.index(max(scores)))
-        )
+        samples.append(Sample(image_root / _cell(row, loader["path_column"]), scores.index(max(scores))))
     return samples
 
 
 def _csv_category_samples(loader: dict, root: Path) -> list[Sample]:
-    samples = []
+    samples, image_root = [], _located(root, loader["image_root"])
     for row in _csv_rows(loader, root):
         categories = ast.literal_eval(_cell(row, loader["category_column"]))
         label = _label(categories[0], loader["label_values"], loader["file"])
-        samples.append(Sample(root / loader["image_root"] / _cell(row, loader["path_column"]), label))
+        samples.append(Sample(image_root / _cell(row, loader["path_column"]), label))
     return samples
 
 
@@ -210,7 +231,7 @@ def _folder_samples(loader: dict, root: Path) -> list[Sample]:
     extensions = tuple(loader.get("extensions", IMAGE_EXTENSIONS))
     samples = []
     for label, folder in enumerate(loader["class_folders"]):
-        directory = root / loader["root"] / folder
+        directory = _located(root, loader["root"]) / folder
         if not directory.is_dir():
             raise FileNotFoundError(f"Class folder {directory} does not exist.")
         files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
@@ -219,7 +240,7 @@ def _folder_samples(loader: dict, root: Path) -> list[Sample]:
 
 
 def _filename_samples(loader: dict, root: Path) -> list[Sample]:
-    directory, pattern = root / loader["root"], re.compile(loader["pattern"])
+    directory, pattern = _located(root, loader["root"]), re.compile(loader["pattern"])
     if not directory.is_dir():
         raise FileNotFoundError(f"Folder {directory} does not exist.")
     extensions = tuple(loader.get("extensions", IMAGE_EXTENSIONS))

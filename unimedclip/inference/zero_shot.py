@@ -52,13 +52,21 @@ def class_embeddings(model, processor, prompts: dict[str, list[str]]) -> torch.T
     return F.normalize(torch.stack([class_embeds.mean(dim=0) for class_embeds in per_class]), dim=-1)
 
 
+def project_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Unnormalised image embeddings of a dual encoder (`get_image_features`, as CLIP and UniMed-CLIP have) or of an
+    image tower with its projection (`image_embeds`, as `UniMedCLIPVisionModelWithProjection` returns)."""
+    if hasattr(model, "get_image_features"):
+        return model.get_image_features(pixel_values=pixel_values).pooler_output
+    return model(pixel_values=pixel_values).image_embeds
+
+
 @torch.no_grad()
 def image_embeddings(model, processor, images: list, batch_size: int = 32, **image_kwargs) -> torch.Tensor:
     """(images, dim) normalised image embeddings; `image_kwargs` go to the image processor (e.g. `window`)."""
     embeddings = []
     for start in range(0, len(images), batch_size):
         pixel_values = processor(images=images[start : start + batch_size], **image_kwargs).pixel_values
-        features = model.get_image_features(pixel_values=pixel_values.to(model.device, model.dtype)).pooler_output
+        features = project_images(model, pixel_values.to(model.device, model.dtype))
         embeddings.append(F.normalize(features.float(), dim=-1))
     return torch.cat(embeddings)
 
@@ -89,5 +97,6 @@ __all__ = [
     "text_embeddings",
     "image_embeddings",
     "image_probabilities",
+    "project_images",
     "volume_probabilities",
 ]

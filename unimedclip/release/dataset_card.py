@@ -13,8 +13,16 @@ from ..modalities import DATA_MODALITIES
 from ..paper import CITATION
 
 ALL_CONFIG = "all"
+LICENSE_FILE = "LICENSE.md"  # the per-source terms that `license: other` points to
 
 CARD_TEMPLATE = Path(__file__).with_name("dataset_card_template.md")
+
+
+def size_category(samples: int) -> str:
+    """The Hub's `size_categories` bucket of a sample count."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
+    bounds += [(10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    return next((name for bound, name in bounds if samples < bound), "n>1B")
 
 
 def render_card(output: Path, repo_id: str | None = None) -> DatasetCard:
@@ -33,7 +41,11 @@ def render_card(output: Path, repo_id: str | None = None) -> DatasetCard:
 
     card_data = DatasetCardData(
         pretty_name="UniMed",
+        language="en",
         license="other",
+        license_name="unimed-per-source-terms",
+        license_link=LICENSE_FILE,
+        size_categories=size_category(counts[ALL_CONFIG]),
         task_categories=["zero-shot-image-classification", "image-to-text"],
         tags=["medical", "webdataset", "clip"],
         configs=[
@@ -87,7 +99,24 @@ def render_card(output: Path, repo_id: str | None = None) -> DatasetCard:
         citation=CITATION,
     )
     card.save(output / "README.md")
+    (output / LICENSE_FILE).write_text(license_text(rows), encoding="utf-8")
     return card
+
+
+def license_text(rows: list[dict]) -> str:
+    """Every source keeps its own terms; only `open` ones may be re-hosted."""
+    lines = [
+        "# UniMed: licences",
+        "",
+        "UniMed has no licence of its own: each sample keeps the terms of its source, listed below and in each",
+        "record's `license` field. Only sources of class `open` may be re-hosted; the others must be downloaded from",
+        "their providers under their terms.",
+        "",
+        "| source | licence class | may be hosted publicly | terms |",
+        "|---|---|---|---|",
+        *(f"| {row['name']} | {row['license']} | {row['hostable']} | {row['homepage']} |" for row in rows),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def gated_sources(output: Path) -> list[str]:

@@ -143,6 +143,8 @@ def render_model_card(
         library_name="transformers",
         pipeline_tag="zero-shot-image-classification",
         base_model=[model for model in towers if model] or None,
+        # Two bases read as a merge on the Hub: each tower was fine-tuned from its own base.
+        base_model_relation="finetune" if any(towers) else None,
         datasets=list(dict.fromkeys(datasets)) or None,
         tags=TAGS,
         metrics=sorted({entry["metric_type"] for entry in results["model_index"]}) if results else None,

@@ -11,14 +11,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from accelerate.utils import LoggerType, PrecisionType
 
 from ..modalities import DATA_MODALITIES
 from ..variants import VARIANTS, Variant
 from .loss import LOSSES
 
 ARCHITECTURES = (*VARIANTS, "tiny")
-MIXED_PRECISION = ("bf16", "fp16", "no")
-TRACKERS = ("tensorboard", "wandb", "none")
+MIXED_PRECISION = tuple(precision.value for precision in PrecisionType)
+# Every tracker accelerate knows, "all" (those installed), or "none".
+TRACKERS = (*(tracker.value for tracker in LoggerType), "none")
+# transformers `Trainer`/`TrainingArguments` names, accepted on the command line and in YAML files.
+TRAINER_NAMES = {
+    "learning_rate": "lr",
+    "per_device_train_batch_size": "micro_batch_size",
+    "num_train_epochs": "epochs",
+    "adam_beta1": "beta1",
+    "adam_beta2": "beta2",
+    "adam_epsilon": "eps",
+    "gradient_checkpointing": "activation_checkpointing",
+    "dataloader_num_workers": "num_workers",
+    "logging_steps": "log_every",
+    "save_steps": "checkpoint_every",
+    "save_total_limit": "keep_checkpoints",
+    "eval_steps": "eval_every",
+    "resume_from_checkpoint": "resume",
+    "hub_model_id": "push_to_hub",
+}
 DEFAULT_VARIANT = VARIANTS["b16"]  # TrainingConfig's defaults are its recipe
 # Run-control fields a resumed run may change; any other difference from the saved config is an error.
 RESUMABLE_CHANGES = {
@@ -78,7 +97,10 @@ class TrainingConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
-    mixed_precision: str = field(default="bf16", metadata={"help": f"One of {', '.join(MIXED_PRECISION)}."})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={"help": f"One of {', '.join(MIXED_PRECISION)}; default: what accelerate launch or config says."},
+    )
     activation_checkpointing: bool = False
     compile: bool = field(default=False, metadata={"help": "torch.compile the two towers."})
     seed: int = 0
@@ -89,7 +111,9 @@ class TrainingConfig:
     log_every: int = 10
     checkpoint_every: int = 1000
     keep_checkpoints: int = field(default=3, metadata={"help": "Keep the newest K step checkpoints."})
-    report_to: str = field(default="tensorboard", metadata={"help": f"One of {', '.join(TRACKERS)}."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"], metadata={"help": f"Trackers: {', '.join(TRACKERS)}."}
+    )
     push_to_hub: str | None = field(default=None, metadata={"help": "ORG/NAME: upload checkpoints in background."})
     eval_every: int = field(default=0, metadata={"help": "Zero-shot evaluation every N steps (0: never)."})
     eval_data: str | None = field(default=None, metadata={"help": "Root of the zero-shot evaluation catalog."})
@@ -146,10 +170,13 @@ class TrainingConfig:
             errors.append(
                 f"warmup_steps ({self.warmup_steps}) must be smaller than the total steps ({self.total_steps})"
             )
-        if self.mixed_precision not in MIXED_PRECISION:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             errors.append(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        if self.report_to not in TRACKERS:
-            errors.append(f"report_to must be one of {TRACKERS}, got {self.report_to!r}")
+        unknown_trackers = sorted(set(self.report_to) - set(TRACKERS))
+        if unknown_trackers:
+            errors.append(f"report_to takes trackers of {TRACKERS}, got {unknown_trackers}")
+        if "none" in self.report_to and len(self.report_to) > 1:
+            errors.append(f"report_to 'none' excludes other trackers, got {self.report_to}")
         if self.architecture not in ARCHITECTURES:
             errors.append(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.image_size is not None and self.image_size <= 0:
@@ -183,8 +210,14 @@ class TrainingConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
-    def model_card_fields(self) -> dict:
-        """What the model card of this run's weights says about it: `model_card_for_directory` keyword arguments."""
+    @property
+    def trackers(self) -> list[str] | None:
+        """`Accelerator(log_with=...)`: None for no tracker."""
+        return None if self.report_to == ["none"] else self.report_to
+
+    def model_card_fields(self, precision: str) -> dict:
+        """What the model card of this run's weights says about it: `model_card_for_directory` keyword arguments.
+        `precision` is the one the run used (accelerate's, when `mixed_precision` is not set)."""
         if self.init == "pretrained":
             initialisation = self.pretrained
         elif self.init == "vision-text":
@@ -201,7 +234,7 @@ class TrainingConfig:
                 "peak learning rate": self.lr,
                 "warmup steps": self.warmup_steps,
                 "weight decay": self.weight_decay,
-                "precision": self.mixed_precision,
+                "precision": precision,
             },
             # A continued UniMed-CLIP checkpoint: its variant's towers, the card's default.
             "towers": {"vision-text": (self.vision, self.text), "scratch": (None, None)}.get(self.init),
@@ -235,7 +268,6 @@ PRESETS: dict[str, dict] = {
         num_workers=0,
         lr=1e-3,
         warmup_steps=20,
-        mixed_precision="no",
         log_every=5,
         checkpoint_every=50,
         keep_checkpoints=2,
@@ -258,6 +290,7 @@ def build_config(preset_or_yaml: str, overrides: dict | None = None) -> Training
             f"--config {preset_or_yaml!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file."
         )
     values.update(overrides or {})
+    values = with_our_names(values)
     for spec in dataclasses.fields(TrainingConfig):
         # YAML 1.1 reads `5e-4` (no dot) as a string.
         if _cli_type(spec.type)[0] is float and isinstance(values.get(spec.name), str):
@@ -267,6 +300,18 @@ def build_config(preset_or_yaml: str, overrides: dict | None = None) -> Training
     if unknown:
         raise ConfigurationError(f"Unknown training option(s) {unknown}.")
     return TrainingConfig(**values)
+
+
+def with_our_names(values: dict) -> dict:
+    """`values` with transformers Trainer names (`TRAINER_NAMES`) renamed; giving both names of one option is an
+    error."""
+    renamed = {}
+    for key, value in values.items():
+        name = TRAINER_NAMES.get(key, key)
+        if name in renamed:
+            raise ConfigurationError(f"{key} and {name} are the same option; give one of them.")
+        renamed[name] = value
+    return renamed
 
 
 def _cli_type(annotation) -> tuple[type, bool]:
@@ -303,14 +348,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainingConfig, bool]:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--config", default="b16", help=f"Preset ({', '.join(PRESETS)}) or YAML file.")
-    parser.add_argument("--print-config", action="store_true", help="Print the resolved configuration and exit.")
+    parser.add_argument(
+        "--print-config", "--print_config", action="store_true", help="Print the resolved configuration and exit."
+    )
+    trainer_names = {ours: theirs for theirs, ours in TRAINER_NAMES.items()}
     for spec in dataclasses.fields(TrainingConfig):
         kind, is_list = _cli_type(spec.type)
-        flag, help_text = "--" + spec.name.replace("_", "-"), spec.metadata.get("help")
+        names = [spec.name, *([trainer_names[spec.name]] if spec.name in trainer_names else [])]
+        # Both spellings of every name: `--micro-batch-size` and `--micro_batch_size`.
+        flags = list(dict.fromkeys(f"--{spelling}" for name in names for spelling in (name.replace("_", "-"), name)))
+        help_text = spec.metadata.get("help")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(*flags, dest=spec.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, nargs="+" if is_list else None, help=help_text)
+            parser.add_argument(*flags, dest=spec.name, type=kind, nargs="+" if is_list else None, help=help_text)
     values = vars(parser.parse_args(argv))
     preset, print_config = values.pop("config"), values.pop("print_config", False)
     try:
