@@ -34,15 +34,19 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from unimedclip.data import UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
+from unimedclip.data import EmptyEpochError, UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
 from unimedclip.release.model_card import model_card_for_directory
 from unimedclip.training.checkpointing import (
     CheckpointWriteError,
     DataStreamState,
+    DivergedWeightsError,
+    check_finite_weights,
     list_checkpoints,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
+    set_aside_diverged,
+    write_atomically,
 )
 from unimedclip.training.config import RESUMABLE_CHANGES, ConfigurationError, TrainingConfig, parse_args
 from unimedclip.training.loss import ContrastiveTrainingModel, create_loss
@@ -81,6 +85,11 @@ def check_run_config(config: TrainingConfig) -> None:
         raise ConfigurationError(
             f"{config.output_dir} already has checkpoints: pass --resume latest or a new --output-dir."
         )
+    if config.resume:  # before the model and the data are set up, which takes minutes at full size
+        try:
+            resolve_resume(config.resume, config.output_dir)
+        except (FileNotFoundError, FileExistsError) as error:
+            raise ConfigurationError(str(error)) from None
 
 
 def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Path:
@@ -167,8 +176,16 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
             processor.save_pretrained(directory)
 
     def checkpoint() -> None:
+        check_finite_weights(accelerator, training_model, step)
+        uploading = pusher.pending_checkpoints() if pusher is not None else set()
         path = save_checkpoint(
-            accelerator, output_dir, step, data_state, config.keep_checkpoints, lambda d: export_model(d / "model")
+            accelerator,
+            output_dir,
+            step,
+            data_state,
+            config.keep_checkpoints,
+            lambda d: export_model(d / "model"),
+            protected=uploading,
         )
         if pusher is not None:
             pusher.push(path / "model", f"Training checkpoint, step {step}")
@@ -200,10 +217,15 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
                     )
                     global_loss = accelerator.reduce(loss.detach(), "mean").item()
                     if not math.isfinite(global_loss):
+                        # The weights after `step` updates gave it: a checkpoint of them is no good to resume.
+                        diverged = set_aside_diverged(output_dir, step) if accelerator.is_main_process else []
+                        accelerator.wait_for_everyone()
                         latest = list_checkpoints(output_dir)
                         raise NonFiniteLossError(
                             f"Loss is {global_loss} at step {step + 1}; stopping. Last good checkpoint: "
-                            f"{latest[-1] if latest else 'none'}."
+                            f"{latest[-1] if latest else 'none'}"
+                            + (f"; set aside as diverged: {', '.join(d.name for d in diverged)}" if diverged else "")
+                            + "."
                         )
                     accelerator.backward(loss / accumulation)
                 step_loss += global_loss / accumulation
@@ -227,6 +249,7 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
                     "perf/samples_per_s": config.batch_size / seconds,
                     "perf/samples_per_s_per_device": config.batch_size / seconds / accelerator.num_processes,
                     "perf/peak_memory_gib": peak_memory_gib(accelerator.device),
+                    **{f"data/skipped_{reason}": count for reason, count in loader.skipped_samples.items()},
                 }
                 accelerator.log(metrics, step=step)
                 progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
@@ -240,11 +263,16 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
             if step % config.checkpoint_every == 0 or step == config.total_steps:
                 checkpoint()
 
+        def export_final(directory: Path) -> None:
+            export_model(directory)
+            if accelerator.is_main_process:
+                card = model_card_for_directory(directory, **config.model_card_fields(accelerator.mixed_precision))
+                card.save(directory / "README.md")
+
         final_dir = output_dir / "final"
-        export_model(final_dir)
+        write_atomically(accelerator, final_dir, export_final, "the final model")
         if accelerator.is_main_process:
-            card = model_card_for_directory(final_dir, **config.model_card_fields(accelerator.mixed_precision))
-            card.save(final_dir / "README.md")
+            logger.info(f"Samples skipped by the data stream: {dict(loader.skipped_samples) or 'none'}.")
             if pusher is not None:
                 pusher.push(final_dir, "UniMed-CLIP, end of training")
         accelerator.wait_for_everyone()
@@ -263,7 +291,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         final_dir = train(config)
-    except (ConfigurationError, NonFiniteLossError, CheckpointWriteError) as error:
+    except (
+        ConfigurationError,
+        NonFiniteLossError,
+        DivergedWeightsError,
+        CheckpointWriteError,
+        EmptyEpochError,
+    ) as error:
         sys.exit(f"train.py: error: {error}")
     print(f"Final model in {final_dir}")
 

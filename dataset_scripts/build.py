@@ -20,9 +20,13 @@ is then uploaded (gated sources only with `--private --allow-gated-in-private-re
 """
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 
 from dataset_scripts.images import FolderImages, images_of
 from dataset_scripts.readers import READERS, read_captions
@@ -31,6 +35,29 @@ from unimedclip.data.sources import LICENSE_CLASSES, PRIVATE, Source, captioned_
 from unimedclip.modalities import DATA_MODALITIES
 from unimedclip.release.dataset_card import render_card
 from unimedclip.release.hub import push_dataset_to_hub
+
+LOCK_FILE = ".build.lock"
+
+
+@contextlib.contextmanager
+def build_lock(output: Path) -> Iterator[None]:
+    """Hold `output` for one build at a time: two builds writing one manifest would lose shards. A second build is
+    refused at once, with the holder's process id."""
+    output.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(output / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = (output / f"{LOCK_FILE}.pid").read_text().strip() if (output / f"{LOCK_FILE}.pid").is_file() else "?"
+        raise SystemExit(
+            f"build.py: another build is writing to {output} (process {holder}); wait for it to finish, or build "
+            "into another folder."
+        ) from None
+    try:
+        (output / f"{LOCK_FILE}.pid").write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        lock.release()
 
 
 def build_registered(
@@ -131,6 +158,14 @@ def report(source_id: str, summary: dict) -> None:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = parse_args(argv, prog)
+    with build_lock(args.output):
+        try:
+            build(args)
+        except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+            raise SystemExit(f"build.py: error: {error}") from None
+
+
+def build(args: argparse.Namespace) -> None:
     settings = BuildSettings(args.shard_size, args.shard_multiple, args.resize_short_side)
     for source, (root, annotations) in source_paths(args).items():
         report(source, build_registered(source, root, annotations, args.output, settings, args.num_proc))

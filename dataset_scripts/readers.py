@@ -80,9 +80,20 @@ def literal_list(text: str, where: str) -> list[str]:
     return [str(item) for item in value]
 
 
+def _utf8_rows(path: Path, read: Callable[[Iterator[str]], Iterator]) -> Iterator:
+    """`read(file)` over a UTF-8 text file, naming the file when it is not UTF-8 (annotation files saved by
+    spreadsheet programs often are not)."""
+    with path.open(newline="", encoding="utf-8") as file:
+        try:
+            yield from read(file)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text ({error}); save it as UTF-8.") from None
+
+
 def csv_rows(path: Path, required_columns: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) pairs of a CSV with a header, after checking the header has `required_columns`."""
-    with path.open(newline="", encoding="utf-8") as file:
+
+    def read(file: Iterator[str]) -> Iterator[tuple[int, dict[str, str]]]:
         reader = csv.DictReader(file)
         missing = [column for column in required_columns if column not in (reader.fieldnames or [])]
         if missing:
@@ -90,16 +101,21 @@ def csv_rows(path: Path, required_columns: tuple[str, ...] = ()) -> Iterator[tup
         for row in reader:
             yield reader.line_num, row
 
+    return _utf8_rows(path, read)
+
 
 def positional_rows(path: Path, min_columns: int) -> Iterator[tuple[int, list[str]]]:
     """(line number, cells) of a CSV whose columns are read by position, as the original builders did."""
-    with path.open(newline="", encoding="utf-8") as file:
+
+    def read(file: Iterator[str]) -> Iterator[tuple[int, list[str]]]:
         reader = csv.reader(file)
         next(reader, None)  # header
         for cells in reader:
             if len(cells) < min_columns:
                 raise ValueError(f"{path}, line {reader.line_num}: expected {min_columns} columns, got {len(cells)}.")
             yield reader.line_num, cells
+
+    return _utf8_rows(path, read)
 
 
 def read_llm_caption_csv(source: str, annotations: Path) -> Iterator[RawSample]:

@@ -34,6 +34,19 @@ DECODER_HINT = (
 
 Window = str | tuple[float, float]
 
+# The most pixels (per frame, times frames) an input may decode to: 1e8 RGBA pixels with a converted copy stay under
+# 1 GB, so a 2 GB DataLoader worker survives a decompression bomb (a 20 KB PNG can declare 13000 x 13000 pixels).
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+def check_pixel_budget(pixels: int, name: str) -> None:
+    """Refuse an input that would decode to more than `MAX_IMAGE_PIXELS` pixels, before decoding it."""
+    if pixels > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"{name} decodes to {pixels:,} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed (a decompression bomb, "
+            "or an image to tile first); raise modeling_unimedclip.dicom_unimedclip.MAX_IMAGE_PIXELS if you trust it."
+        )
+
 
 def is_dicom(source) -> bool:
     """Whether `source` is a pydicom dataset or a path to a file with the DICOM preamble (`DICM` at byte 128)."""
@@ -80,8 +93,9 @@ def read_pixels(source) -> tuple["pydicom.Dataset", str, np.ndarray]:
             f"{name}: unsupported photometric interpretation {photometric!r}; "
             f"supported: {', '.join(GRAYSCALE + COLOR)}."
         )
-    pixels = _decode(dataset, name)
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    check_pixel_budget(int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0)) * frames, name)
+    pixels = _decode(dataset, name)
     if photometric in COLOR:
         if photometric == "PALETTE COLOR":
             pixels = apply_color_lut(pixels, dataset)
@@ -210,7 +224,9 @@ def _color_to_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
+    "MAX_IMAGE_PIXELS",
     "WINDOW_PRESETS",
+    "check_pixel_budget",
     "is_color",
     "is_dicom",
     "is_inverted",

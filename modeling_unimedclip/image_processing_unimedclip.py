@@ -27,7 +27,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import Unpack
 from transformers.utils import TensorType, is_torch_available, is_torch_tensor
 
-from .dicom_unimedclip import Window, is_dicom, read_dicom, resolve_window, scale_range
+from .dicom_unimedclip import Window, check_pixel_budget, is_dicom, read_dicom, resolve_window, scale_range
 
 if is_torch_available():
     import torch
@@ -300,7 +300,10 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         image = Image.open(path)
     except Image.UnidentifiedImageError as error:
         raise ValueError(f"'{path}' is not an image file that PIL can read: {error}") from error
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"Image file '{path}' is a decompression bomb: {error}") from error
     with image:
+        check_pixel_budget(image.width * image.height, f"Image file '{path}'")
         _decode(image, f"image file '{path}'")
         # A copy owns its pixels, so the file handle of a multi-frame image is not left open.
         return image.copy()

@@ -2,13 +2,18 @@
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from conftest import tiny_config
 from reference import open_clip_model, original_checkpoint, save_numpy1_style
+from test_layout import bundle_modules
+from transformers import AutoModel
 
-from modeling_unimedclip import UniMedCLIPModel
+from modeling_unimedclip import UniMedCLIPModel, UniMedCLIPProcessor
 from unimedclip.release import hub as hub_module
 from unimedclip.release.convert import convert_checkpoint
 from unimedclip.release.convert import main as convert_main
@@ -112,10 +117,25 @@ def test_variant_mismatch_lists_the_differences(checkpoint, tmp_path, tiny_bert_
         _convert(checkpoint, tmp_path, tiny_bert_dir, variant="b16")
 
 
+class Payload:
+    """What a hostile checkpoint carries: unpickling it runs a command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_arbitrary_pickles_need_unsafe_pickle(checkpoint, tmp_path, tiny_bert_dir):
+    hostile = {**checkpoint, "args": Payload(tmp_path / "ran")}
+    with pytest.raises(ValueError, match=r"pickles `posix\.system`, which the safe loader refuses.*--unsafe-pickle"):
+        _convert(hostile, tmp_path, tiny_bert_dir)
+    assert not (tmp_path / "ran").exists()
     checkpoint["args"] = argparse.Namespace(lr=5e-4)
-    with pytest.raises(ValueError, match=r"outside the safe allow-list.*argparse\.Namespace.*--unsafe-pickle"):
+    with pytest.raises(ValueError, match=r"pickles `argparse\.Namespace`, which the safe loader refuses") as refused:
         _convert(checkpoint, tmp_path, tiny_bert_dir)
+    assert "corrupt" not in str(refused.value) and "weights_only" not in str(refused.value)
     model, _ = _convert(checkpoint, tmp_path, tiny_bert_dir, unsafe_pickle=True)
     assert isinstance(model, UniMedCLIPModel)
 
@@ -155,7 +175,7 @@ def test_cli_converts_and_pushes_to_the_hub(checkpoint, tmp_path, tiny_bert_dir,
     )
     files = {p.name for p in output.iterdir()}
     assert {"model.safetensors", "config.json", "processor_config.json", "tokenizer_config.json"} <= files
-    assert {"configuration_unimedclip.py", "modeling_unimedclip.py", "processing_unimedclip.py"} <= files
+    assert {name for name in files if name.endswith(".py")} == bundle_modules()  # the remote code, all of it, only it
     assert not any(name.endswith((".bin", ".pt")) for name in files)
     assert "license: cc-by-nc-4.0" in (output / "README.md").read_text()  # our card, not transformers' generic one
     assert api.calls[0] == (
@@ -184,3 +204,37 @@ def test_open_clip_export_round_trips(checkpoint, reference, tmp_path, tiny_bert
         torch.testing.assert_close(reloaded.encode_text(tokens), reference.encode_text(tokens))
     assert reloaded.logit_scale.item() == pytest.approx(reference.logit_scale.item())
     assert preprocess.transforms[0].size == 32
+
+
+def test_converting_into_a_folder_with_an_earlier_model(checkpoint, tmp_path, tiny_bert_dir, monkeypatch):
+    """Before: the old shards were deleted, then the conversion crashed midway, leaving a stale index."""
+    torch.save(checkpoint, tmp_path / "epoch_10.pt")
+    output = tmp_path / "converted"
+    arguments = ["--checkpoint", str(tmp_path / "epoch_10.pt"), "--text-encoder", str(tiny_bert_dir)]
+    UniMedCLIPModel(tiny_config()).save_pretrained(output, max_shard_size="50KB")  # an earlier, sharded model
+    earlier = {path.name: path.read_bytes() for path in output.iterdir()}
+    assert "model.safetensors.index.json" in earlier
+    with pytest.raises(SystemExit):
+        convert_main([*arguments, "--output", str(output)])
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == earlier
+
+    def crash(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(UniMedCLIPProcessor, "save_pretrained", crash)
+    with pytest.raises(SystemExit, match="convert: error: .*No space left on device"):
+        convert_main([*arguments, "--output", str(output), "--overwrite"])
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == earlier  # untouched by the failed write
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+    monkeypatch.undo()
+    convert_main([*arguments, "--output", str(output), "--overwrite"])
+    files = {path.name for path in output.iterdir()}
+    assert "model.safetensors" in files and not any(name.startswith("model-0") for name in files)
+    assert "model.safetensors.index.json" not in files
+    assert isinstance(AutoModel.from_pretrained(output), UniMedCLIPModel)
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path, tiny_bert_dir):
+    arguments = ["--text-encoder", str(tiny_bert_dir), "--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="convert: error: Checkpoint .*missing.pt does not exist"):
+        convert_main(["--checkpoint", str(tmp_path / "missing.pt"), *arguments])

@@ -3,6 +3,8 @@
 import csv
 import hashlib
 import json
+import subprocess
+import sys
 import tarfile
 import zlib
 from collections import Counter
@@ -14,10 +16,11 @@ import numpy as np
 import pytest
 import yaml
 from datasets import load_dataset
+from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
 
 from dataset_scripts import build, caption, shards
-from dataset_scripts.build import build_registered
+from dataset_scripts.build import build_lock, build_registered
 from dataset_scripts.images import FolderImages
 from dataset_scripts.readers import READERS, RawSample, literal_list, read_captions
 from dataset_scripts.shards import BuildSettings, plan_shards
@@ -27,6 +30,7 @@ from unimedclip.data.sources import SOURCES, captioned_source, get_source
 from unimedclip.release.dataset_card import render_card
 from unimedclip.release.hub import push_dataset_to_hub
 
+ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = BuildSettings(shard_size=2, shard_multiple=2)
 
 
@@ -378,6 +382,11 @@ def test_bad_annotations_raise_clear_errors(tmp_path):
         list(READERS["radimagenet"](path))
     with pytest.raises(ValueError, match="missing column"):
         list(READERS["rocov2"](write_csv(tmp_path / "train_captions.csv", ["id", "caption"], [["a", "b"]])))
+    latin1 = tmp_path / "latin1" / "train_captions.csv"
+    latin1.parent.mkdir()
+    latin1.write_bytes("ID,Caption\nROCO_1,Radiografía de tórax\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1/train_captions.csv is not UTF-8 text .*save it as UTF-8"):
+        list(READERS["rocov2"](latin1))
 
 
 class FakeHfApi:
@@ -396,6 +405,14 @@ class FakeHfApi:
     def upload_folder(self, **kwargs):
         self.calls.append(("upload_folder", kwargs))
         return f"https://huggingface.co/datasets/{kwargs['repo_id']}/commit/1"
+
+    def uploaded_files(self) -> list[str]:
+        """What the last `upload_folder` sent, selected the way huggingface_hub selects it."""
+        kwargs = self.calls[-1][1]
+        folder = Path(kwargs["folder_path"])
+        files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+        allow, ignore = kwargs.get("allow_patterns"), kwargs.get("ignore_patterns")
+        return sorted(filter_repo_objects(files, allow_patterns=allow, ignore_patterns=ignore))
 
 
 def test_upload_refuses_gated_sources_unless_private_and_allowed(tmp_path, raw_sources):
@@ -530,3 +547,56 @@ def test_captioned_source_arguments_are_checked(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"path": "a.png", "captions": "not a list"}\n')
     with pytest.raises(ValueError, match="bad.jsonl, line 1: `captions` and `labels` must be lists of strings"):
         list(read_captions(tmp_path / "bad.jsonl", captioned_source("x", "xray")))
+
+
+def test_annotation_paths_outside_the_source_folder_are_refused_and_counted(tmp_path):
+    """An image id such as `../../../secret/private` or an absolute path (Quilt-1M rows have an `image_path`) must
+    not pack a file from outside the folder the user named into a shard marked openly licensed."""
+    secret = tmp_path / "secret" / "private.png"
+    secret.parent.mkdir()
+    Image.new("RGB", (8, 8), "red").save(secret)
+    raw = RawSource(tmp_path / "quilt", tmp_path / "quilt" / "quilt_1M_lookup.csv")
+    rows = [["0", "a slide", raw.image(f"images/{index}.png"), "train"] for index in range(3)]
+    rows += [["3", "escapes", "../secret/private.png", "train"], ["4", "absolute", str(secret), "train"]]
+    write_csv(raw.annotations, ["", "caption", "image_path", "subset"], rows)
+    output = tmp_path / "unimed"
+    summary = build_registered("quilt_1m", raw.root, raw.annotations, output, BuildSettings(1, 1))
+    assert summary["samples"] == 3 and summary["skipped"] == {"path outside the source folder": 2}
+    secret_bytes = secret.read_bytes()
+    for shard in output.glob("data/*/*.tar"):
+        with tarfile.open(shard) as tar:
+            assert all(tar.extractfile(member).read() != secret_bytes for member in tar if member.isfile())
+
+
+def test_dataset_upload_sends_exactly_what_the_manifest_and_card_name(tmp_path, raw_sources):
+    output = tmp_path / "unimed"
+    build_registered("openi", raw_sources["openi"].root, raw_sources["openi"].annotations, output, SETTINGS)
+    (output / "raw-copy").mkdir()
+    (output / "raw-copy" / "CXR1.png").write_bytes(b"a raw source copy")
+    (output / ".token-backup").write_text("hf_secret")
+    api = FakeHfApi()
+    push_dataset_to_hub(output, "me/unimed-open", api=api)
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert api.uploaded_files() == sorted(
+        ["LICENSE.md", "README.md", "manifest.json", *(entry["path"] for entry in manifest["shards"])]
+    )
+
+
+def test_a_second_concurrent_build_into_one_folder_is_refused(tmp_path, raw_sources):
+    raw = raw_sources["openi"]
+    output = tmp_path / "unimed"
+    command = [
+        sys.executable, "dataset_scripts/build.py", "--source", "openi", "--root", str(raw.root),
+        "--annotations", str(raw.annotations), "--output", str(output), "--shard-size", "2", "--shard-multiple", "2",
+    ]  # fmt: skip
+    with build_lock(output):  # another build holds the folder
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and f"another build is writing to {output}" in result.stderr
+    assert "Traceback" not in result.stderr and not (output / "manifest.json").exists()
+    processes = [subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+    # One build wins the folder; the other is refused, or ran after it; the manifest matches the files either way.
+    assert 0 in [process.returncode for process in processes]
+    for process, error in zip(processes, errors):
+        assert process.returncode == 0 or "another build is writing to" in error, error[-2000:]
+    verify_output(output)

@@ -497,3 +497,55 @@ def test_cli_on_the_real_catalog_and_prompts(model_dir, tmp_path):
     ]
     with pytest.raises(SystemExit, match="Unknown dataset"):
         evaluate_command.main([*common, "--datasets", "imagenet"])
+
+
+def test_one_bad_dataset_never_costs_the_others_and_results_are_written_as_they_come(
+    model_dir, tmp_path, monkeypatch, capsys
+):
+    """A CSV with wrong columns, a header-only CSV, an unknown label and a decompression bomb each used to abort the
+    whole run, losing the datasets already evaluated."""
+    catalog = {f"{name}-{key}": LAYOUTS[key] for name in ("good", "columns", "empty", "label") for key in ["ct-like"]}
+    catalog["good-folders"] = LAYOUTS["folders-like"]
+    for key, entry in catalog.items():
+        catalog[key] = json.loads(json.dumps(entry).replace("organs", key))
+        materialize(catalog[key], tmp_path / "data")
+    (tmp_path / "data" / "columns-ct-like" / "annotations.csv").write_text("image,split\na.png,test\n")
+    (tmp_path / "data" / "empty-ct-like" / "annotations.csv").write_text("path,x,label,split\n")
+    unknown = (tmp_path / "data" / "label-ct-like" / "annotations.csv").read_text().replace(",0,test", ",9,test")
+    (tmp_path / "data" / "label-ct-like" / "annotations.csv").write_text(unknown)
+    bomb = tmp_path / "data" / "lc" / "colon_n" / "bomb.png"
+    Image.new("1", (13_000, 13_000)).save(bomb)  # a few KB on disk, 169 million pixels decoded
+    assert bomb.stat().st_size < 100_000
+    prompts = {key: {name: [f"an image of {name}"] for name in entry["classes"]} for key, entry in catalog.items()}
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    monkeypatch.setattr(evaluate_command, "load_catalog", lambda: catalog)
+    written = []
+    real_zero_shot = Evaluator.zero_shot
+
+    def zero_shot_that_watches(self, dataset, prompts):
+        # Every dataset evaluated so far is already on disk when the next one starts.
+        results = tmp_path / "out" / "results.json"
+        written.append(sorted(json.loads(results.read_text())["results"]) if results.is_file() else None)
+        return real_zero_shot(self, dataset, prompts)
+
+    monkeypatch.setattr(Evaluator, "zero_shot", zero_shot_that_watches)
+    arguments = ["--model", str(model_dir), "--data-root", str(tmp_path / "data"), "--num-workers", "0"]
+    arguments += ["--prompts", str(tmp_path / "prompts.json"), "--output", str(tmp_path / "out")]
+    with pytest.raises(
+        SystemExit, match=r"2 dataset\(s\) evaluated, 3 failed \(columns-ct-like, empty-ct-like, label"
+    ):
+        evaluate_command.main(arguments)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(saved["results"]) == {"good-ct-like", "good-folders"}
+    assert written == [None, ["good-ct-like"]]
+    assert "annotations.csv: no column 2: a row has only 2 cells" in saved["failed"]["columns-ct-like"]
+    assert "annotations.csv has no rows below its header" in saved["failed"]["empty-ct-like"]
+    assert "labels [9] outside the 3 classes" in saved["failed"]["label-ct-like"]
+    assert saved["results"]["good-folders"]["unreadable"] == 1  # the bomb, counted as unreadable, not decoded
+    assert "Failed columns-ct-like" in capsys.readouterr().err
+
+
+def test_evaluating_nothing_is_a_failure(model_dir, tmp_path):
+    arguments = ["--model", str(model_dir), "--data-root", str(tmp_path / "nothing"), "--num-workers", "0"]
+    with pytest.raises(SystemExit, match=r"0 dataset\(s\) evaluated, 0 failed \(none\), 21 missing"):
+        evaluate_command.main([*arguments, "--output", str(tmp_path / "out")])

@@ -316,6 +316,29 @@ def test_cli_predict(model_dir, tmp_path, capsys):
     assert "photo.png (image)" in captured.out and "%  pneumonia" in captured.out
 
 
+def test_cli_predict_goes_on_past_a_decompression_bomb_and_says_what_it_ignores(model_dir, tmp_path, capsys):
+    Image.new("1", (20_000, 20_000)).save(tmp_path / "bomb.png")  # tens of KB, 400 million pixels decoded
+    images(1)[0].save(tmp_path / "photo.png")
+    args = ["predict", str(tmp_path / "bomb.png"), str(tmp_path / "photo.png"), "--labels", "pneumonia,normal"]
+    assert cli_main([*args, "--model", str(model_dir), "--window", "lung", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert [result["path"] for result in json.loads(captured.out)] == [str(tmp_path / "photo.png")]
+    assert "bomb.png: " in captured.err and "decompression bomb" in captured.err
+    assert "photo.png: --window applies to DICOM and NIfTI only; ignored." in captured.err
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ("pneumonia,", "Labels must be non-empty"),
+        ("pneumonia,normal,pneumonia", r"Labels must be distinct; \['pneumonia'\] appear more than once"),
+    ],
+)
+def test_cli_bad_labels_are_clear_errors(model_dir, tmp_path, labels, message):
+    with pytest.raises(SystemExit, match=rf"unimedclip predict: --labels: {message}"):
+        cli_main(["predict", str(tmp_path / "x.png"), "--labels", labels, "--model", str(model_dir)])
+
+
 def test_cli_needs_a_model(monkeypatch, tmp_path):
     monkeypatch.delenv("UNIMEDCLIP_MODEL", raising=False)
     with pytest.raises(SystemExit, match="pass --model DIR_OR_REPO"):

@@ -34,7 +34,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "AutoModel agrees: False" not in result.stdout and "AutoModel agrees: True" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["bench_model.py", "bench_eval.py", "bench_data.py", "bench_train.py", "bench_processor.py"])
+@pytest.mark.parametrize(
+    "script", ["bench_model.py", "bench_eval.py", "bench_data.py", "bench_train.py", "bench_processor.py"]
+)
 def test_benchmark_scripts_start(tmp_path, script):
     result = run(str(ROOT / "bench" / script), "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

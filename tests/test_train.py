@@ -1,11 +1,19 @@
 """train.py and unimedclip.training: recipe, configuration, checkpoints, resume, failures, final model."""
 
+import contextlib
+import functools
 import importlib.util
 import io
 import itertools
 import json
 import math
+import os
+import pickle
+import shutil
+import subprocess
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +30,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModel, pipeline
 
 from modeling_unimedclip import UniMedCLIPImageProcessor, UniMedCLIPModel, UniMedCLIPProcessor
-from unimedclip.data import UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
+from unimedclip.data import EmptyEpochError, UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
 from unimedclip.data.records import make_record
 from unimedclip.data.sources import get_source
 from unimedclip.training import checkpointing, loss
@@ -45,8 +53,11 @@ CLASSES = {
 }
 
 
-def write_unimed_repo(root: Path, per_class: int = 16, shards: int = 2) -> Path:
-    """A UniMed-layout directory (contract: data/<modality>/*.tar of `<key>.image` + `<key>.json`, card configs)."""
+def write_unimed_repo(
+    root: Path, per_class: int = 16, shards: int = 2, image_bytes: bytes | None = None, corrupt_every: int = 0
+) -> Path:
+    """A UniMed-layout directory (contract: data/<modality>/*.tar of `<key>.image` + `<key>.json`, card configs).
+    `image_bytes` replaces every image, `corrupt_every` every n-th one, by undecodable bytes."""
     rng = np.random.default_rng(0)
     by_modality: dict[str, list] = {}
     for caption, (modality, source, colour) in CLASSES.items():
@@ -54,6 +65,8 @@ def write_unimed_repo(root: Path, per_class: int = 16, shards: int = 2) -> Path:
             pixels = np.clip(np.array(colour) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, format="PNG")
+            if image_bytes is not None or (corrupt_every and len(by_modality.get(modality, [])) % corrupt_every == 0):
+                buffer = io.BytesIO(image_bytes or b"not an image")
             fields = dict(modality=modality, captions=[caption], report=None, labels=[], path="", resized_from=None)
             record = make_record(get_source(source), **fields)
             by_modality.setdefault(modality, []).append((buffer.getvalue(), json.dumps(record).encode()))
@@ -488,24 +501,65 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, mo
     assert checkpoint_files(checkpoints[0]) == saved and not (tmp_path / "final").exists()
 
 
-def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, unimed_repo, tokenizer_dir):
-    real_save, saves = torch.save, []
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of a chosen size (tmpfs), where writes fail as they do on a full disk."""
 
-    def disk_full_on_second_checkpoint(obj, path, *args, **kwargs):
-        if str(path).endswith("data_state_0.pt"):
-            saves.append(path)
-            if len(saves) == 2:
-                raise OSError(28, "No space left on device")
-        return real_save(obj, path, *args, **kwargs)
+    @contextlib.contextmanager
+    def mount(size_bytes: int):
+        """Yields the folder and a function that resizes its filesystem (to free space)."""
+        folder = tmp_path / "disk"
+        folder.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(folder)], capture_output=True, text=True
+        )
+        if result.returncode:
+            pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()}): needs root or CAP_SYS_ADMIN")
 
-    monkeypatch.setattr(checkpointing.torch, "save", disk_full_on_second_checkpoint)
-    with pytest.raises(CheckpointWriteError, match="step 6 failed.*No space left on device.*previous checkpoints"):
-        train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path))
-    assert [p.name for p in checkpointing.list_checkpoints(tmp_path)] == ["step-00000003"]
-    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    monkeypatch.setattr(checkpointing.torch, "save", real_save)
-    assert train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path, resume="latest")).is_dir()
+        def resize(size: int) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+        try:
+            yield folder, resize
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+    return mount
+
+
+def folder_size(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def test_full_disk_stops_cleanly_and_keeps_the_previous_checkpoint(
+    small_disk, finished_run, unimed_repo, tokenizer_dir
+):
+    """`torch.save` on a full disk raises RuntimeError, not OSError: the run must still stop with a message, remove
+    its partial checkpoint (freeing the disk) and keep the earlier ones; it resumes once there is space."""
+    checkpoint = folder_size(checkpointing.list_checkpoints(finished_run.parent)[-1])
+    with small_disk(int(1.6 * checkpoint)) as (disk, resize):  # room for one checkpoint, not two
+        with pytest.raises(CheckpointWriteError, match=r"step 6 failed on 1 process\(es\) \((RuntimeError|OSError)"):
+            train_script.train(demo_config(unimed_repo, tokenizer_dir, disk / "run"))
+        assert [p.name for p in checkpointing.list_checkpoints(disk / "run")] == ["step-00000003"]
+        assert not list((disk / "run" / "checkpoints").glob(".tmp-*"))
+        assert folder_size(disk) < 1.1 * checkpoint  # the partial write is gone
+        AcceleratorState._reset_state(reset_partial_state=True)
+        resize(10 * checkpoint)  # space freed: the run continues where it stopped
+        resumed = train_script.train(demo_config(unimed_repo, tokenizer_dir, disk / "run", resume="latest"))
+        assert (resumed / "README.md").is_file()
+
+
+def test_full_disk_during_the_final_export_leaves_no_partial_model(
+    small_disk, finished_run, unimed_repo, tokenizer_dir
+):
+    checkpoint = folder_size(checkpointing.list_checkpoints(finished_run.parent)[-1])
+    final = folder_size(finished_run)
+    with small_disk(int(checkpoint + 0.5 * final)) as (disk, _):  # the checkpoint fits, the final model does not
+        config = demo_config(unimed_repo, tokenizer_dir, disk / "run", max_steps=3, checkpoint_every=3)
+        with pytest.raises(CheckpointWriteError, match="Writing the final model failed"):
+            train_script.train(config)
+        assert not (disk / "run" / "final").exists() and not list((disk / "run").glob(".tmp-*"))
+        assert [p.name for p in checkpointing.list_checkpoints(disk / "run")] == ["step-00000003"]
 
 
 class FlakyHub:
@@ -562,3 +616,134 @@ def test_periodic_zero_shot_evaluation_is_logged(tmp_path, unimed_repo, tokenize
     accuracies = scalars(output_dir, "zero_shot/LC25000_lung")
     assert len(accuracies) == 2 and all(0 <= value <= 100 for value in accuracies)  # percent
     assert scalars(output_dir, "zero_shot/mean") == accuracies
+
+
+# Hostile and unlucky inputs (issue 13).
+
+
+class SlowHub(FlakyHub):
+    """Uploads that take `seconds` each (or never finish); records what existed when each upload began."""
+
+    def __init__(self, seconds: float):
+        super().__init__(failures=0)
+        self.seconds, self.release = seconds, threading.Event()
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message, **kwargs):
+        if not Path(folder_path).is_dir():
+            raise FileNotFoundError(f"{folder_path} was deleted before its upload")
+        self.release.wait(self.seconds)
+        return super().upload_folder(repo_id=repo_id, folder_path=folder_path, commit_message=commit_message)
+
+
+def test_rotation_keeps_checkpoints_until_they_are_uploaded(tmp_path, unimed_repo, tokenizer_dir):
+    api = SlowHub(seconds=0.5)
+    pusher = BackgroundPusher("org/unimed-clip-test", api=api, attempts=1, backoff_s=0)
+    config = demo_config(
+        unimed_repo, tokenizer_dir, tmp_path, max_steps=6, checkpoint_every=1, keep_checkpoints=1, push_to_hub="o/r"
+    )
+    train_script.train(config, pusher=pusher)
+    assert pusher.failed == []  # before: 5 of 6 checkpoints were rotated away before their upload
+    assert [message for _, message in api.uploads] == [
+        *(f"Training checkpoint, step {step}" for step in range(1, 7)),
+        "UniMed-CLIP, end of training",
+    ]
+
+
+def test_a_hung_upload_does_not_hang_the_end_of_training(tmp_path, unimed_repo, tokenizer_dir, caplog):
+    api = SlowHub(seconds=3600)
+    pusher = BackgroundPusher("org/unimed-clip-test", api=api, attempts=1, backoff_s=0)
+    pusher.close = functools.partial(pusher.close, timeout_s=2)  # the default waits 10 minutes
+    config = demo_config(unimed_repo, tokenizer_dir, tmp_path, max_steps=3, push_to_hub="o/r")
+    started = time.monotonic()
+    train_script.train(config, pusher=pusher)
+    assert time.monotonic() - started < 60
+    assert "Stopped waiting for uploads" in caplog.text and "step-00000003/model" in caplog.text
+    api.release.set()
+
+
+def test_non_finite_loss_sets_the_checkpoint_that_caused_it_aside(tmp_path, monkeypatch, unimed_repo, tokenizer_dir):
+    """The checkpoint saved right before a non-finite loss holds the weights that produced it (the issue saw weights
+    of 5e8 there): `--resume latest` must not pick it."""
+    calls = []
+
+    class NanInStep4(loss.InfoNCELoss):
+        def forward(self, *args):
+            calls.append(1)
+            value = super().forward(*args)
+            return value * float("nan") if len(calls) == 4 else value
+
+    monkeypatch.setitem(loss.LOSSES, "nan-in-step-4", NanInStep4)
+    match = (
+        r"Loss is nan at step 4; stopping. Last good checkpoint: none; set aside as diverged: diverged-step-00000003"
+    )
+    with pytest.raises(train_script.NonFiniteLossError, match=match):
+        train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path, loss="nan-in-step-4"))
+    assert checkpointing.list_checkpoints(tmp_path) == []
+    assert (tmp_path / "checkpoints" / "diverged-step-00000003" / "trainer_state.json").is_file()  # kept, not lost
+
+
+def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path, monkeypatch, unimed_repo, tokenizer_dir):
+    original = train_script.save_checkpoint
+
+    def poisoned(accelerator, *args, **kwargs):
+        raise AssertionError("save_checkpoint must not be reached")
+
+    monkeypatch.setattr(train_script, "save_checkpoint", poisoned)
+    monkeypatch.setattr(
+        train_script,
+        "check_finite_weights",
+        lambda accelerator, model, step: checkpointing.check_finite_weights(accelerator, with_nan(model), step),
+    )
+    with pytest.raises(checkpointing.DivergedWeightsError, match="after step 3 hold non-finite values"):
+        train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path))
+    monkeypatch.setattr(train_script, "save_checkpoint", original)
+
+
+def with_nan(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    return model
+
+
+def test_resume_from_an_older_checkpoint_is_refused_up_front(tmp_path, finished_run, unimed_repo, tokenizer_dir):
+    run = shutil.copytree(finished_run.parent, tmp_path / "run")
+    older = run / "checkpoints" / "step-00000009"
+    config = demo_config(unimed_repo, tokenizer_dir, run, max_steps=10, resume=str(older))
+    with pytest.raises(ConfigurationError, match=r"1 newer checkpoint\(s\) exist \(step-00000010\).*move the newer"):
+        train_script.train(config)
+    latest = demo_config(unimed_repo, tokenizer_dir, tmp_path / "empty", resume="latest")
+    with pytest.raises(ConfigurationError, match="--resume latest: no checkpoint under"):
+        train_script.train(latest)  # reported before the model and the data are set up
+
+
+def test_resume_never_runs_code_planted_in_a_checkpoint(tmp_path, finished_run, unimed_repo, tokenizer_dir):
+    run = shutil.copytree(finished_run.parent, tmp_path / "run")
+    planted = tmp_path / "planted"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {planted}",))
+
+    torch.save({"epoch": 0, "loader": Payload()}, run / "checkpoints" / "step-00000010" / "data_state_0.pt")
+    config = demo_config(unimed_repo, tokenizer_dir, run, max_steps=10, resume="latest")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train_script.train(config)
+    assert not planted.exists()
+
+
+def test_data_where_no_batch_can_be_formed_stops_with_a_message(tmp_path, unimed_repo, tokenizer_dir):
+    """Before: train.py waited for a full micro-batch forever, silently."""
+    config = demo_config(unimed_repo, tokenizer_dir, tmp_path / "big", micro_batch_size=128, batch_size=128)
+    with pytest.raises(EmptyEpochError, match=r"no full batch of 128 samples: 64 usable sample\(s\)"):
+        train_script.train(config)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    corrupt = write_unimed_repo(tmp_path / "corrupt", image_bytes=b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(EmptyEpochError, match=r"0 usable sample\(s\) on this process; skipped: \{'bad_image': 64\}"):
+        train_script.train(demo_config(corrupt, tokenizer_dir, tmp_path / "corrupt-run"))
+
+
+def test_skipped_samples_are_logged(tmp_path, tokenizer_dir):
+    repo = write_unimed_repo(tmp_path / "repo", corrupt_every=8)
+    output_dir = tmp_path / "run"
+    train_script.train(demo_config(repo, tokenizer_dir, output_dir, max_steps=4, log_every=2))
+    assert scalars(output_dir, "data/skipped_bad_image")[-1] > 0

@@ -14,7 +14,7 @@ import yaml
 from datasets import load_dataset
 from PIL import Image
 
-from unimedclip.data import UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
+from unimedclip.data import EmptyEpochError, UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
 from unimedclip.data.records import choose_caption, make_record
 from unimedclip.data.sources import get_source
 from unimedclip.data.transforms import random_resized_crop_box, train_transform
@@ -198,7 +198,7 @@ def test_resume_after_k_batches_matches_an_uninterrupted_run(tmp_path, tiny_toke
     full, skipped = batches()
     head, state = batches(stop=3)
     tail, resumed_skipped = batches(state=state)
-    assert len(full) == 7 and skipped == resumed_skipped == {"bad_image": 1}
+    assert len(full) == 7 and skipped == resumed_skipped == {"bad_image": 1, "partial_batch": 1}
     for expected, got in zip(full, head + tail, strict=True):
         assert expected.keys() == got.keys()
         for name in expected:
@@ -210,6 +210,7 @@ def test_corrupt_samples_and_truncated_shards_are_skipped_and_counted(tmp_path):
     broken = [
         sample("bad_image", image=b"\x89PNG\r\n\x1a\n truncated"),
         sample("bad_json", json=b'{"source": "openi", '),
+        sample("deep_json", json=b"[" * 100_000 + b"]" * 100_000),  # RecursionError, which used to stop training
         sample("unknown_rule", json=record("openi", "xray", ["a caption"]).replace(b'"first"', b'"longest"')),
         sample("empty_caption", captions=[" "]),
         {**sample("no_record"), "json": None},
@@ -226,7 +227,7 @@ def test_corrupt_samples_and_truncated_shards_are_skipped_and_counted(tmp_path):
     loader = unimed_dataloader(dataset, batch_size=1, num_workers=0, collate_fn=collect_keys)
     keys = [key for batch in loader for key in batch["keys"]]
     assert keys[0] == "c0" and sorted(keys[1:]) == ["g0", "g1", "g2", "g3"]
-    expected = {"bad_image": 1, "bad_record": 2, "no_caption": 1, "missing_member": 1, "truncated_shard": 1}
+    expected = {"bad_image": 1, "bad_record": 3, "no_caption": 1, "missing_member": 1, "truncated_shard": 1}
     assert loader.skipped_samples == expected
 
 
@@ -293,3 +294,21 @@ def test_bad_arguments_raise_clear_errors(repo):
         load_unimed(str(repo), rank=0, world_size=3)
     with pytest.warns(UserWarning, match="not a multiple of num_workers=3"):
         unimed_dataloader(load_unimed(str(repo)), batch_size=2, num_workers=3, collate_fn=collect_keys)
+
+
+def test_skips_at_the_end_of_the_stream_are_counted(tmp_path):
+    """Before: skips after a worker's last good sample, and those carried by the dropped last partial batch, were
+    never reported."""
+    shard = [sample("g0"), sample("bad0", image=b"not an image"), sample("g1"), sample("g2")]
+    shard += [sample("bad1", image=b"not an image"), sample("bad2", captions=[" "])]
+    root = write_repo(tmp_path, {"xray": [shard]})
+    loader = unimed_dataloader(load_unimed(str(root)), batch_size=2, num_workers=0, collate_fn=collect_keys)
+    assert [batch["keys"] for batch in loader] == [["g0", "g1"]]
+    assert loader.skipped_samples == {"bad_image": 2, "no_caption": 1, "partial_batch": 1}
+
+
+def test_an_epoch_without_one_full_batch_is_an_error(tmp_path):
+    root = write_repo(tmp_path, {"xray": [[sample("g0"), sample("bad", image=b"not an image")]]})
+    loader = unimed_dataloader(load_unimed(str(root)), batch_size=2, num_workers=0, collate_fn=collect_keys)
+    with pytest.raises(EmptyEpochError, match=r"no full batch of 2 samples: 1 usable sample\(s\).*'bad_image': 1"):
+        list(loader)

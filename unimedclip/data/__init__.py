@@ -16,14 +16,17 @@ Data flows one way: raw sources -> shards (`dataset_scripts/`, writing `records`
 """
 
 from .collate import UniMedCollator
-from .loader import UniMedDataLoader, unimed_dataloader
-from .stream import SKIP_REASONS, load_unimed
+from .loader import PARTIAL_BATCH, EmptyEpochError, UniMedDataLoader, unimed_dataloader
+from .stream import SKIP_REASONS, UniMedStream, load_unimed
 from .transforms import normalize_pixels
 
 __all__ = [
+    "PARTIAL_BATCH",
     "SKIP_REASONS",
+    "EmptyEpochError",
     "UniMedCollator",
     "UniMedDataLoader",
+    "UniMedStream",
     "load_unimed",
     "normalize_pixels",
     "unimed_dataloader",

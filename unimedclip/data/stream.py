@@ -10,19 +10,19 @@ from one shard in its stored order, so the shard builder must write each source'
 large enough to mix shards would hold hundreds of MB per worker, and `datasets` resumes it only approximately).
 
 Corrupt data never stops training: a truncated or unreadable tar ends its shard, and samples with a missing member, a
-bad JSON record, no caption or an undecodable image are dropped. Each is counted by reason (`SKIP_REASONS`), and the
-counts travel with the next good sample to the loader of `unimed_dataloader`, which sums them in
-`loader.skipped_samples` and saves them in its state dict (skips after a worker's last delivered sample of an epoch
-are reported with its next sample, or not at all when the workers are not persistent).
+record that cannot be parsed, no caption or an image that cannot be decoded are dropped, whatever the exception. Each
+is counted by reason (`SKIP_REASONS`): iterating the stream sums them in `stream.skipped_samples`; the loader of
+`unimed_dataloader` gets them with the batches, and at the end of an epoch with the samples too few for a last batch.
 """
 
 import io
 import random
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
 from datasets import IterableDataset, get_dataset_config_names, interleave_datasets, load_dataset_builder
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
@@ -33,7 +33,6 @@ from .tar_reader import RAW_FEATURES, TRUNCATED_SHARD, read_samples
 from .transforms import train_transform
 
 SKIP_REASONS = (TRUNCATED_SHARD, "missing_member", "bad_record", "no_caption", "bad_image")
-SKIPPED_KEY = "__skipped__"  # per sample: {reason: count} of the samples dropped just before it by this worker
 
 
 def _sample_rng(seed: int, epoch: int, url: str, key: str) -> random.Random:
@@ -42,53 +41,72 @@ def _sample_rng(seed: int, epoch: int, url: str, key: str) -> random.Random:
     return random.Random(f"{seed}:{epoch}:{url.rsplit('/', 1)[-1]}:{key}")
 
 
-class _SampleTransform:
-    """The per-sample work of the DataLoader workers: parse, pick the caption, decode, crop, count what is skipped."""
-
-    def __init__(self, seed: int, image_size: int):
-        self.seed = seed
-        self.image_size = image_size
-        self.epoch_source: IterableDataset  # set by `load_unimed` once the dataset exists
-        self.pending_skips: Counter[str] = Counter()
-
-    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
-        reason, sample = self._transform(raw)
-        if reason is not None:
-            self.pending_skips[reason] += 1
-            return {"pixel_values": None}
-        sample[SKIPPED_KEY] = dict(self.pending_skips)
-        self.pending_skips.clear()
-        return sample
-
-    def _transform(self, raw: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        if raw["error"] is not None:
-            return raw["error"], {}
-        if raw[IMAGE_FIELD] is None or raw[RECORD_FIELD] is None:
-            return "missing_member", {}
-        rng = _sample_rng(self.seed, self.epoch_source.epoch, raw["__url__"], raw["__key__"])
-        try:
-            record = parse_record(raw[RECORD_FIELD])
-            caption = choose_caption(record, rng)
-        except ValueError:
-            return "bad_record", {}
-        if not caption:
-            return "no_caption", {}
-        try:
-            with Image.open(io.BytesIO(raw[IMAGE_FIELD])) as image:
-                pixel_values = train_transform(image, self.image_size, rng)
-        except Exception:  # PIL raises many exception types on malformed or hostile image bytes
-            return "bad_image", {}
-        return None, {
-            "pixel_values": pixel_values,
-            "caption": caption,
-            "source": record["source"],
-            "modality": record["modality"],
-            "__key__": raw["__key__"],
-        }
+def process_sample(raw: dict[str, Any], seed: int, epoch: int, image_size: int) -> tuple[str | None, dict]:
+    """(None, sample) for a usable raw sample, else (the reason it is skipped, {})."""
+    if raw["error"] is not None:
+        return raw["error"], {}
+    if raw[IMAGE_FIELD] is None or raw[RECORD_FIELD] is None:
+        return "missing_member", {}
+    rng = _sample_rng(seed, epoch, raw["__url__"], raw["__key__"])
+    try:
+        record = parse_record(raw[RECORD_FIELD])
+        caption = choose_caption(record, rng)
+    except Exception:  # hostile or damaged records fail in many ways; one sample never stops training
+        return "bad_record", {}
+    if not caption:
+        return "no_caption", {}
+    try:
+        with Image.open(io.BytesIO(raw[IMAGE_FIELD])) as image:
+            pixel_values = train_transform(image, image_size, rng)
+    except Exception:  # PIL raises many exception types on malformed or hostile image bytes
+        return "bad_image", {}
+    return None, {
+        "pixel_values": pixel_values,
+        "caption": caption,
+        "source": record["source"],
+        "modality": record["modality"],
+        "__key__": raw["__key__"],
+    }
 
 
-def _is_usable(sample: dict[str, Any]) -> bool:
-    return sample["pixel_values"] is not None
+class UniMedStream(torch.utils.data.IterableDataset):
+    """The training samples of `load_unimed`: raw shard samples decoded, captioned and cropped, the unusable ones
+    skipped and counted in `skipped_samples`. Resumable: its state is the raw stream's position."""
+
+    def __init__(self, raw: IterableDataset, seed: int, image_size: int):
+        self.raw, self.seed, self.image_size = raw, seed, image_size
+        self.skipped_samples: Counter[str] = Counter()
+
+    @property
+    def num_shards(self) -> int:
+        return self.raw.num_shards
+
+    @property
+    def epoch(self) -> int:
+        # The raw dataset keeps its epoch in memory shared with persistent DataLoader workers.
+        return self.raw.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle the shard order and redraw captions and crops; call before each epoch."""
+        self.raw.set_epoch(epoch)
+
+    def processed(self) -> Iterator[tuple[str | None, dict]]:
+        """(skip reason, {}) or (None, sample) for every raw sample of this process (or DataLoader worker)."""
+        for raw in self.raw:
+            yield process_sample(raw, self.seed, self.epoch, self.image_size)
+
+    def __iter__(self) -> Iterator[dict]:
+        for reason, sample in self.processed():
+            if reason is None:
+                yield sample
+            else:
+                self.skipped_samples[reason] += 1
+
+    def state_dict(self) -> dict:
+        return self.raw.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.raw.load_state_dict(state_dict)
 
 
 def _modality_stream(
@@ -138,14 +156,13 @@ def load_unimed(
     world_size: int = 1,
     revision: str | None = None,
     token: str | bool | None = None,
-) -> IterableDataset:
+) -> UniMedStream:
     """
     Stream UniMed (a Hub dataset repository or a local directory laid out the same) for training.
 
     Yields `{"pixel_values": uint8 (3, image_size, image_size), "caption": str, "source": str, "modality": str,
-    "__key__": str, "__skipped__": {reason: count}}`; see the module docstring for the shuffling, resume and
-    corrupt-sample design. Call `set_epoch(epoch)` on the returned dataset (not on a dataset derived from it) before
-    each epoch.
+    "__key__": str}`; see the module docstring for the shuffling, resume and corrupt-sample design. Call
+    `set_epoch(epoch)` on the returned stream before each epoch.
 
     Args:
         repo_or_dir: dataset repository id or local directory with the UniMed card (one config per modality).
@@ -192,9 +209,4 @@ def load_unimed(
     )
     # Interleave first, then split: the reverse makes the ranks read duplicated examples.
     node = split_dataset_by_node(mixed, rank=rank, world_size=world_size, strategy="shards")
-    transform = _SampleTransform(seed=seed, image_size=image_size)
-    dataset = node.map(transform, remove_columns=list(RAW_FEATURES)).filter(_is_usable)
-    # `set_epoch` updates only the dataset it is called on (in memory shared with persistent workers), so the
-    # per-sample randomness reads its epoch from the returned dataset.
-    transform.epoch_source = dataset
-    return dataset
+    return UniMedStream(node, seed=seed, image_size=image_size)

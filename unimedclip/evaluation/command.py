@@ -8,13 +8,17 @@ command behind `evaluate_zero_shot.py` and `unimedclip evaluate`.
     python evaluate_zero_shot.py --model M --data-root DIR --task linear-probe --shots 1,2,4,8,16
 
 Writes results.json (configuration, per-dataset metrics, per-class recall, confusion matrices, per-modality means and
-model-index entries for the model card) and results.md to --output, and prints the table. A dataset whose files are
-missing under --data-root is reported and skipped; unreadable images are counted per dataset.
+model-index entries for the model card) and results.md to --output after every dataset, and prints the table. A
+dataset whose files are missing under --data-root is reported and skipped; one that fails (a malformed CSV, an unknown
+label, no readable image) is reported in `failed` while the others are evaluated; unreadable images are counted per
+dataset. The exit status is non-zero when a dataset failed or none was evaluated.
 """
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from ..inference.zero_shot import expand_labels
 from ..modalities import MODALITIES
 from . import (
     DEFAULT_PROMPTS,
+    EvalDataset,
     Evaluator,
     catalog_dataset,
     csv_dataset,
@@ -94,21 +99,32 @@ def own_dataset(args: argparse.Namespace):
     return hf_dataset(args.hf_dataset, args.split, args.image_column, args.label_column, args.streaming)
 
 
-def datasets_to_run(args: argparse.Namespace, skipped: dict):
-    """Yield the datasets to evaluate; record (and print) the catalog ones whose files are missing."""
+def datasets_to_run(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], EvalDataset]]]:
+    """(name, loader) of every dataset to evaluate: the catalog's under --data-root, or the one given."""
     if args.data_root is None:
-        yield own_dataset(args)
+        yield str(args.image_folder or args.csv or args.hf_dataset), lambda: own_dataset(args)
         return
     catalog = load_catalog()
     unknown = sorted(set(args.datasets or []) - set(catalog))
     if unknown:
         raise SystemExit(f"Unknown dataset(s) {unknown}; the catalog has {sorted(catalog)}.")
     for key in args.datasets or catalog:
-        try:
-            yield catalog_dataset(key, catalog[key], args.data_root)
-        except FileNotFoundError as error:
-            skipped[key] = str(error)
-            print(f"Skipping {key}: {error}", file=sys.stderr)
+        yield key, functools.partial(catalog_dataset, key, catalog[key], args.data_root)
+
+
+def write_report(report: dict, output: Path) -> None:
+    """results.json (and results.md for zero-shot), replaced atomically: a crash never leaves a half-written file."""
+    if report["config"]["task"] == "zero-shot":
+        report["summary"] = summarize(report["results"])
+        report["model_index"] = [asdict(result) for result in eval_results(report["results"])]
+        write_atomically(output / "results.md", markdown_table(report["results"], report["summary"]))
+    write_atomically(output / "results.json", json.dumps(report, indent=2) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def load_model(name: str, revision: str | None, image_only: bool):
@@ -131,7 +147,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         cache_dir=args.cache_dir,
     )
     args.output.mkdir(parents=True, exist_ok=True)
-    report = {"config": {key: str(value) for key, value in vars(args).items()}, "results": {}, "skipped": {}}
+    report = {
+        "config": {key: str(value) for key, value in vars(args).items()},
+        "results": {},
+        "skipped": {},
+        "failed": {},
+    }
 
     if args.task == "retrieval":
         if args.csv is not None:
@@ -139,29 +160,37 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         else:
             images, captions = hf_pairs(args.hf_dataset, args.split, args.image_column, args.caption_column)
         report["results"]["retrieval"] = evaluator.retrieval(images, captions)
-        print(json.dumps(report["results"]["retrieval"], indent=2))
     else:
         prompt_sets = json.loads(args.prompts.read_text()) if args.task == "zero-shot" else {}
-        for dataset in datasets_to_run(args, report["skipped"]):
-            if args.task == "linear-probe":
-                shots, seeds = [int(k) for k in args.shots.split(",")], [int(s) for s in args.seeds.split(",")]
-                report["results"][dataset.key] = evaluator.linear_probe(dataset, shots, seeds)
-                continue
-            prompts = prompt_sets.get(dataset.key) or (
-                expand_labels(dataset.classes, args.modality) if args.modality else {}
-            )
-            report["results"][dataset.key] = evaluator.zero_shot(dataset, prompts)
-        if args.task == "zero-shot":
-            report["summary"] = summarize(report["results"])
-            report["model_index"] = [asdict(result) for result in eval_results(report["results"])]
-            table = markdown_table(report["results"], report["summary"])
-            (args.output / "results.md").write_text(table)
-            print(table)
-        else:
-            print(json.dumps(report["results"], indent=2))
-
-    (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        for key, load in datasets_to_run(args):
+            try:
+                dataset = load()
+                if args.task == "linear-probe":
+                    shots, seeds = [int(k) for k in args.shots.split(",")], [int(s) for s in args.seeds.split(",")]
+                    report["results"][dataset.key] = evaluator.linear_probe(dataset, shots, seeds)
+                else:
+                    prompts = prompt_sets.get(dataset.key) or (
+                        expand_labels(dataset.classes, args.modality) if args.modality else {}
+                    )
+                    report["results"][dataset.key] = evaluator.zero_shot(dataset, prompts)
+            except FileNotFoundError as error:
+                report["skipped"][key] = str(error)
+                print(f"Skipping {key}: {error}", file=sys.stderr)
+            except (ValueError, KeyError, IndexError) as error:  # one dataset's bad files never cost the others
+                report["failed"][key] = f"{type(error).__name__}: {error}"
+                print(f"Failed {key}: {error}", file=sys.stderr)
+            write_report(report, args.output)
+    write_report(report, args.output)
+    if report["config"]["task"] == "zero-shot" and report["results"]:
+        print(markdown_table(report["results"], report["summary"]))
+    elif report["results"]:
+        print(json.dumps(report["results"], indent=2))
     print(f"Wrote {args.output / 'results.json'}")
+    if report["failed"] or not report["results"]:
+        raise SystemExit(
+            f"evaluate: {len(report['results'])} dataset(s) evaluated, {len(report['failed'])} failed "
+            f"({', '.join(report['failed']) or 'none'}), {len(report['skipped'])} missing."
+        )
     return report
 
 

@@ -82,7 +82,7 @@ def csv_dataset(file: Path, path_column: str = "path", label_column: str = "labe
     """A CSV with a header, one image per row; paths relative to the CSV's folder; classes in sorted label order."""
     file = Path(file)
     rows = _read_csv(file, header=True, index_column=False)
-    _require_columns(file, [path_column, label_column], list(rows[0]))
+    _require_columns(file, [path_column, label_column], list(rows[0]) if rows else [])
     classes = sorted({row[label_column] for row in rows})
     samples = [Sample(file.parent / row[path_column], classes.index(row[label_column])) for row in rows]
     return EvalDataset(key or file.stem, None, "accuracy", classes, samples)
@@ -117,7 +117,7 @@ def csv_pairs(file: Path, path_column: str = "path", caption_column: str = "capt
     """Image-caption pairs from a CSV with a header; paths relative to the CSV's folder."""
     file = Path(file)
     rows = _read_csv(file, header=True, index_column=False)
-    _require_columns(file, [path_column, caption_column], list(rows[0]))
+    _require_columns(file, [path_column, caption_column], list(rows[0]) if rows else [])
     return [file.parent / row[path_column] for row in rows], [row[caption_column] for row in rows]
 
 
@@ -166,10 +166,13 @@ def _require_columns(source, required: list[str], available: list[str]) -> None:
 def _read_csv(file: Path, header: bool, index_column: bool) -> list:
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist.")
-    with open(file, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        raise ValueError(f"{file} is empty.")
+    try:
+        with open(file, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file} is not UTF-8 text ({error}); save it as UTF-8.") from None
+    if not rows or (header and len(rows) == 1):
+        raise ValueError(f"{file} has no rows{' below its header' if rows else ''}.")
     if header:
         names, rows = rows[0], rows[1:]
         if index_column:
@@ -180,9 +183,14 @@ def _read_csv(file: Path, header: bool, index_column: bool) -> list:
 
 def _cell(row, column):
     """A cell by header name (rows read with a header) or by 0-based position."""
-    if isinstance(row, dict):
-        return row[column] if isinstance(column, str) else list(row.values())[column]
-    return row[column]
+    cells = row if isinstance(row, list) else list(row.values())
+    if isinstance(column, str):
+        if column not in row:
+            raise ValueError(f"no column {column!r}; the columns are {list(row)}")
+        return row[column]
+    if column >= len(cells):
+        raise ValueError(f"no column {column}: a row has only {len(cells)} cells")
+    return cells[column]
 
 
 def _located(root: Path, relative: str | list[str]) -> Path:
@@ -193,10 +201,22 @@ def _located(root: Path, relative: str | list[str]) -> Path:
 
 
 def _csv_rows(loader: dict, root: Path) -> list:
-    rows = _read_csv(_located(root, loader["file"]), loader.get("header", True), loader.get("index_column", False))
-    for column, value in (loader.get("filter") or {}).items():
-        rows = [row for row in rows if str(_cell(row, column)) == str(value)]
+    file = _located(root, loader["file"])
+    rows = _read_csv(file, loader.get("header", True), loader.get("index_column", False))
+    try:
+        for column, value in (loader.get("filter") or {}).items():
+            rows = [row for row in rows if str(_cell(row, column)) == str(value)]
+        for column in _columns_read(loader) if rows else []:
+            _cell(rows[0], column)  # a missing column fails here, naming the file
+    except ValueError as error:
+        raise ValueError(f"{file}: {error}") from None
     return rows
+
+
+def _columns_read(loader: dict) -> list:
+    """The columns a CSV loader reads, by name or position."""
+    names = [loader[key] for key in ("path_column", "label_column", "category_column") if key in loader]
+    return names + list(loader.get("label_columns", []))
 
 
 def _csv_samples(loader: dict, root: Path) -> list[Sample]:

@@ -87,6 +87,8 @@ def predict_path(path: Path, model, processor, class_embeds: torch.Tensor, args:
         probabilities = volume_probabilities(embeds, class_embeds, scale, args.pooling)
         kind = f"volume, {len(indices)} of {len(volume)} slices, {args.pooling} pooling"
     else:
+        if args.window is not None and not is_dicom(path):
+            print(f"unimedclip predict: {path}: --window applies to DICOM and NIfTI only; ignored.", file=sys.stderr)
         embeds = image_embeddings(model, processor, [path], args.batch_size, window=args.window, frame=args.frame)
         probabilities = image_probabilities(embeds, class_embeds, scale)[0]
         kind = "image"
@@ -107,7 +109,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             f"unimedclip predict: pass --model DIR_OR_REPO or set ${MODEL_ENVIRONMENT_VARIABLE} (a UniMed-CLIP "
             "directory, e.g. one written by `unimedclip convert`)."
         )
-    prompts = expand_labels(args.labels.split(","), args.modality)
+    try:
+        prompts = expand_labels(args.labels.split(","), args.modality)
+    except ValueError as error:
+        raise SystemExit(f"unimedclip predict: --labels: {error}") from None
     labels = list(prompts)
     model = AutoModel.from_pretrained(args.model).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.model)

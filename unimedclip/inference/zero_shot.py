@@ -26,8 +26,9 @@ def expand_labels(labels: list[str], modality: str | None = None) -> dict[str, l
     labels = [label.strip() for label in labels]
     if not labels or not all(labels):
         raise ValueError(f"Labels must be non-empty; got {labels}.")
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"Labels must be distinct; got {labels}.")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"Labels must be distinct; {duplicates} appear more than once in {labels}.")
     templates = TEMPLATES[modality or "generic"]
     return {label: [template.format(label) for template in templates] for label in labels}
 

@@ -8,6 +8,8 @@ with `AutoModel`/`AutoProcessor`/`pipeline("zero-shot-image-classification")`.
 """
 
 import argparse
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -86,6 +88,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract, or a local directory.",
     )
     parser.add_argument("--output", required=True, type=Path, help="Directory to write the converted model to.")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace a non-empty --output (swapped in once fully written)."
+    )
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="Fail unless the checkpoint has these dimensions.")
     parser.add_argument("--push-to-hub", metavar="ORG/NAME", help="Also upload the output directory to this repo.")
     parser.add_argument(
@@ -95,19 +100,45 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         "rejects.",
     )
     args = parser.parse_args(argv)
+    if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
+        parser.error(f"{args.output} is not empty; pass --overwrite to replace it, or choose another --output.")
 
-    model, processor = convert_checkpoint(
-        args.checkpoint, args.text_encoder, variant=args.variant, unsafe_pickle=args.unsafe_pickle
-    )
-    model.save_pretrained(args.output)
-    processor.save_pretrained(args.output)
-    repo_id = args.push_to_hub or f"{RELEASE_NAMESPACE}/{args.output.name}"
-    converted_from = VARIANTS[args.variant].original_checkpoint if args.variant else None
-    card = model_card_for_directory(args.output, repo_id=repo_id, converted_from=converted_from)
-    card.save(args.output / "README.md")
+    try:
+        model, processor = convert_checkpoint(
+            args.checkpoint, args.text_encoder, variant=args.variant, unsafe_pickle=args.unsafe_pickle
+        )
+        repo_id = args.push_to_hub or f"{RELEASE_NAMESPACE}/{args.output.name}"
+        converted_from = VARIANTS[args.variant].original_checkpoint if args.variant else None
+        write_directory(args.output, model, processor, repo_id, converted_from)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise SystemExit(f"convert: error: {error}") from None
     print(f"Converted {args.checkpoint} ({model.num_parameters():,} parameters) to {args.output}, with its card")
     if args.push_to_hub:
         print(f"Uploaded: {publish_model(args.output, args.push_to_hub)}")
+
+
+def write_directory(
+    output: Path, model: UniMedCLIPModel, processor: UniMedCLIPProcessor, repo_id: str, converted_from: str | None
+) -> None:
+    """Write the model, processor and card into a new sibling folder, then swap it in: an earlier model at `output`
+    (sharded or not) stays whole until the new one is complete, and no stale file of it survives."""
+    staging = output.with_name(f".tmp-{output.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        model_card_for_directory(staging, repo_id=repo_id, converted_from=converted_from).save(staging / "README.md")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output.exists():
+        previous = output.with_name(f".old-{output.name}")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(output, previous)
+        os.replace(staging, output)
+        shutil.rmtree(previous)
+    else:
+        os.replace(staging, output)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from ..modalities import DATA_MODALITIES
 from ..paper import CITATION
 
 ALL_CONFIG = "all"
+README = "README.md"  # the card
 LICENSE_FILE = "LICENSE.md"  # the per-source terms that `license: other` points to
 
 CARD_TEMPLATE = Path(__file__).with_name("dataset_card_template.md")
@@ -26,7 +27,8 @@ def size_category(samples: int) -> str:
 
 
 def render_card(output: Path, repo_id: str | None = None) -> DatasetCard:
-    """Write `README.md` for everything `manifest.json` lists in `output`, and return it."""
+    """Write the card (`README.md`, and the `LICENSE.md` it links to) for everything `manifest.json` lists in
+    `output`, and return it."""
     manifest = load_manifest(output)
     if not manifest["shards"]:
         raise ValueError(f"{output} has no built shard; run dataset_scripts/build.py first.")
@@ -98,7 +100,7 @@ def render_card(output: Path, repo_id: str | None = None) -> DatasetCard:
         shard_sizes=sorted({setting["shard_size"] for setting in settings}),
         citation=CITATION,
     )
-    card.save(output / "README.md")
+    card.save(output / README)
     (output / LICENSE_FILE).write_text(license_text(rows), encoding="utf-8")
     return card
 

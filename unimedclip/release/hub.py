@@ -6,12 +6,13 @@ writes into a repository without a card. `push_dataset_to_hub` verifies a built 
 and refuses gated sources outside private repositories.
 """
 
+import glob
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from ..data.manifest import verify_output
-from .dataset_card import gated_sources, render_card
+from ..data.manifest import MANIFEST, load_manifest, verify_output
+from .dataset_card import LICENSE_FILE, README, gated_sources, render_card
 from .model_files import missing_model_files
 
 # Training leftovers that never belong in a model repository.
@@ -25,10 +26,12 @@ def push_folder_to_hub(
     repo_type: str = "model",
     private: bool | None = None,
     commit_message: str = "Upload UniMed-CLIP",
+    allow_patterns: list[str] | None = None,
     ignore_patterns: list[str] | None = None,
     api: HfApi | None = None,
 ) -> str:
-    """Create `repo_id` if needed and upload `folder` as one commit; returns the commit URL."""
+    """Create `repo_id` if needed and upload `folder` (the files `allow_patterns` match, if given, less those
+    `ignore_patterns` match) as one commit; returns the commit URL."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"Cannot push {folder}: not a directory.")
@@ -39,6 +42,7 @@ def push_folder_to_hub(
         repo_type=repo_type,
         folder_path=folder,
         commit_message=commit_message,
+        allow_patterns=allow_patterns,
         ignore_patterns=ignore_patterns,
     )
     return str(commit)
@@ -96,6 +100,14 @@ def push_dataset_to_hub(
         raise PermissionError(f"{repo_id} exists and is public; gated shards go only to a private repository.")
     verify_output(output)
     render_card(output, repo_id)
+    # Exactly what the card and the manifest name: never a stray folder or file that happens to sit beside them.
+    files = [README, LICENSE_FILE, MANIFEST, *(entry["path"] for entry in load_manifest(output)["shards"])]
     return push_folder_to_hub(
-        output, repo_id, repo_type="dataset", private=private, commit_message="Upload UniMed shards", api=api
+        output,
+        repo_id,
+        repo_type="dataset",
+        private=private,
+        commit_message="Upload UniMed shards",
+        allow_patterns=[glob.escape(file) for file in files],
+        api=api,
     )

@@ -136,11 +136,12 @@ def load_original_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> d
             with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
                 checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged file fails anywhere in the unpickler, with any exception type
-        if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+        refused = re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", str(error), flags=re.IGNORECASE)
+        if isinstance(error, pickle.UnpicklingError) and refused:
             raise ValueError(
-                f"{path} pickles Python objects outside the safe allow-list ({_first_line_with(error, 'global')}). "
-                "If you trust the file's origin, convert it with --unsafe-pickle (unpickling can run arbitrary code)."
-            ) from error
+                f"{path} pickles `{refused[1]}`, which the safe loader refuses: unpickling it would import and run "
+                "that code. Only for a file whose origin you trust, convert it with --unsafe-pickle."
+            ) from None
         raise ValueError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {type(error).__name__}: {error}"
         ) from error
@@ -152,10 +153,6 @@ def load_original_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> d
     if non_tensors:
         raise ValueError(f"{path}: the state dict has non-tensor entries, e.g. {non_tensors[:5]}.")
     return {_canonical_key(key): tensor for key, tensor in state_dict.items()}
-
-
-def _first_line_with(error: Exception, word: str) -> str:
-    return next((line.strip() for line in str(error).splitlines() if word in line), str(error).splitlines()[0])
 
 
 def _canonical_key(key: str) -> str:

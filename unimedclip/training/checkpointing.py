@@ -5,9 +5,11 @@
                                                process); trainer_state.json (step, world size); model/ (the
                                                transformers export: save_pretrained model + processor)
     <output_dir>/checkpoints/.tmp-step-.../    a checkpoint being written; renamed into place once every process wrote
+    <output_dir>/checkpoints/diverged-step-.../  weights that led to a non-finite loss: kept, never resumed
 
-A directory named `step-*` is therefore always complete; a crash or a failed write leaves only a `.tmp-*` directory,
-which the next save removes.
+A directory named `step-*` is therefore always complete and its weights finite; a crash or a failed write (a full
+disk included) leaves only a `.tmp-*` directory, which the failed write or the next save removes. Checkpoints load
+as data only (`weights_only=True`): nothing in a checkpoint directory can run code on resume.
 """
 
 import json
@@ -19,13 +21,22 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 
 CHECKPOINT_PREFIX = "step-"
+DIVERGED_PREFIX = "diverged-"
+# What a write that runs out of disk raises: OSError from Python's I/O, RuntimeError from `torch.save`'s C++ writer,
+# SafetensorError from `save_pretrained` (each seen on a full filesystem in tests/test_train.py).
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 logger = logging.getLogger(__name__)
 
 
 class CheckpointWriteError(RuntimeError):
-    """Some process could not write a checkpoint; the earlier checkpoints are intact."""
+    """Some process could not write a checkpoint or the final model; what was written before is intact."""
+
+
+class DivergedWeightsError(RuntimeError):
+    """The weights hold non-finite values; they are not written as a checkpoint."""
 
 
 class DataStreamState:
@@ -51,12 +62,71 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:08d}"
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix(CHECKPOINT_PREFIX))
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
     return sorted(path for path in root.iterdir() if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX))
+
+
+def write_atomically(accelerator: Accelerator, final: Path, write: Callable[[Path], None], what: str) -> None:
+    """Have every process `write(directory)` into a temporary sibling of `final`, then rename it into place once all
+    succeeded (replacing an earlier `final`). If any process fails, the temporary directory is removed, `final` is as
+    it was, and every process raises CheckpointWriteError."""
+    temporary = final.with_name(f".tmp-{final.name}")
+    if accelerator.is_main_process:
+        for stale in final.parent.glob(".tmp-*"):
+            shutil.rmtree(stale)
+        temporary.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    error = None
+    try:
+        write(temporary)
+    except WRITE_ERRORS as caught:
+        error = caught
+    # Every process must agree before the rename, or a partial directory could take the place of a complete one.
+    failures = accelerator.reduce(torch.tensor(int(error is not None), device=accelerator.device), "sum").item()
+    if failures:
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)  # on a full disk, this frees the space it took
+        detail = f" ({type(error).__name__}: {str(error).splitlines()[0]})" if error else ""
+        raise CheckpointWriteError(
+            f"Writing {what} failed on {failures} process(es){detail}; what was written before is intact."
+        ) from error
+    if accelerator.is_main_process:
+        if final.exists():
+            previous = final.with_name(f".old-{final.name}")
+            os.replace(final, previous)
+            os.replace(temporary, final)
+            shutil.rmtree(previous)
+        else:
+            os.replace(temporary, final)
+    accelerator.wait_for_everyone()
+
+
+def check_finite_weights(accelerator: Accelerator, model: torch.nn.Module, step: int) -> None:
+    """Raise DivergedWeightsError on every process if any process holds a non-finite parameter."""
+    finite = all(torch.isfinite(parameter).all() for parameter in model.parameters())
+    bad = accelerator.reduce(torch.tensor(int(not finite), device=accelerator.device), "sum").item()
+    if bad:
+        raise DivergedWeightsError(f"The weights after step {step} hold non-finite values; not writing them.")
+
+
+def set_aside_diverged(output_dir: str | Path, first_bad_step: int) -> list[Path]:
+    """Rename the checkpoints from `first_bad_step` on to `diverged-step-*`: their weights led to a non-finite loss,
+    so `--resume latest` must not pick them, but they are kept for inspection. Returns the new paths."""
+    moved = []
+    for path in list_checkpoints(output_dir):
+        if checkpoint_step(path) >= first_bad_step:
+            target = path.with_name(DIVERGED_PREFIX + path.name)
+            os.replace(path, target)
+            moved.append(target)
+    return moved
 
 
 def save_checkpoint(
@@ -66,56 +136,57 @@ def save_checkpoint(
     data_state: DataStreamState,
     keep: int,
     export: Callable[[Path], None],
+    protected: set[Path] = frozenset(),
 ) -> Path:
-    """Write the checkpoint of `step` atomically on every process, then keep only the newest `keep`.
+    """Write the checkpoint of `step` atomically on every process, then keep only the newest `keep` (and the
+    `protected` ones, such as those still queued for upload).
 
     `export(directory)` is called on every process to add files (the transformers export) before the rename.
-
     Raises CheckpointWriteError on every process if any process failed to write; earlier checkpoints are untouched.
     """
     final = checkpoint_dir(output_dir, step)
-    temporary = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process:
-        for stale in final.parent.glob(".tmp-*"):
-            shutil.rmtree(stale)
-        temporary.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    error = None
-    try:
-        accelerator.save_state(str(temporary))
-        torch.save(data_state.state_dict(), temporary / f"data_state_{accelerator.process_index}.pt")
-        export(temporary)
+
+    def write(directory: Path) -> None:
+        accelerator.save_state(str(directory))
+        torch.save(data_state.state_dict(), directory / f"data_state_{accelerator.process_index}.pt")
+        export(directory)
         if accelerator.is_main_process:
             state = {"step": step, "world_size": accelerator.num_processes}
-            (temporary / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-    except OSError as caught:
-        error = caught
-    # Every process must agree before the rename, or a partial checkpoint could become the latest one.
-    failures = accelerator.reduce(torch.tensor(int(error is not None), device=accelerator.device), "sum")
-    if failures.item():
-        if accelerator.is_main_process:
-            shutil.rmtree(temporary, ignore_errors=True)
-        raise CheckpointWriteError(
-            f"Writing the checkpoint of step {step} failed on {failures.item()} process(es)"
-            + (f" ({error})" if error else "")
-            + "; the previous checkpoints are intact."
-        ) from error
+            (directory / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+
+    write_atomically(accelerator, final, write, f"the checkpoint of step {step}")
     if accelerator.is_main_process:
-        os.replace(temporary, final)
         for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old)
+            if old not in protected:
+                shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
 
 def resolve_resume(resume: str, output_dir: str | Path) -> Path:
-    """'latest' -> the newest complete checkpoint of `output_dir`; otherwise the given directory."""
-    if resume != "latest":
-        return Path(resume)
+    """'latest' -> the newest complete checkpoint of `output_dir`; otherwise the given directory, which must be the
+    newest: continuing from an older one would overwrite the newer ones as training reaches their steps, so that is
+    refused (move the newer ones aside first, e.g. to `diverged-step-*`)."""
     checkpoints = list_checkpoints(output_dir)
-    if not checkpoints:
-        raise FileNotFoundError(f"--resume latest: no checkpoint under {Path(output_dir) / 'checkpoints'}.")
-    return checkpoints[-1]
+    if resume == "latest":
+        if not checkpoints:
+            raise FileNotFoundError(f"--resume latest: no checkpoint under {Path(output_dir) / 'checkpoints'}.")
+        return checkpoints[-1]
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a checkpoint directory (no trainer_state.json).")
+    newer = [
+        c
+        for c in checkpoints
+        if path.name.startswith(CHECKPOINT_PREFIX) and checkpoint_step(c) > checkpoint_step(path)
+    ]
+    if newer:
+        raise FileExistsError(
+            f"--resume {resume}: {len(newer)} newer checkpoint(s) exist ({', '.join(c.name for c in newer)}), which "
+            "this run would overwrite. Resume from the latest, or move the newer ones out of checkpoints/ (for "
+            f"example renamed to {DIVERGED_PREFIX}<name>) to continue from this one."
+        )
+    return path
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, data_state: DataStreamState) -> int:
@@ -127,6 +198,6 @@ def load_checkpoint(accelerator: Accelerator, path: Path, data_state: DataStream
             "the data stream is split per process, so resume with the same number of processes."
         )
     accelerator.load_state(str(path))
-    data_state.load_state_dict(torch.load(path / f"data_state_{accelerator.process_index}.pt", weights_only=False))
+    data_state.load_state_dict(torch.load(path / f"data_state_{accelerator.process_index}.pt", weights_only=True))
     logger.info(f"Resumed from {path} at step {state['step']}.")
     return state["step"]

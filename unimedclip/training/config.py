@@ -39,8 +39,10 @@ TRAINER_NAMES = {
     "hub_model_id": "push_to_hub",
 }
 DEFAULT_VARIANT = VARIANTS["b16"]  # TrainingConfig's defaults are its recipe
-# Run-control fields a resumed run may change; any other difference from the saved config is an error.
+# Run-control fields a resumed run may change; any other difference from the saved config is an error. The output
+# directory may have moved: the saved config is read from where it is now.
 RESUMABLE_CHANGES = {
+    "output_dir",
     "resume",
     "log_every",
     "checkpoint_every",
