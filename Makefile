@@ -2,7 +2,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench mutation clean
 
 $(INSTALLED): setup.py constraints.txt
 	python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ bench: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_data.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_train.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_processor.py
+
+mutation: $(INSTALLED)
+	HF_HUB_OFFLINE=1 $(PYTHON) tests/mutants.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo_output

@@ -17,6 +17,7 @@ With real data the same commands do the real job: `build.py --source <id> --root
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,10 +41,15 @@ def stage(number: int, title: str) -> None:
     print(f"\n[{number}/7] {title}", flush=True)
 
 
+# The demo's model is tiny: one intra-op thread per process loses little on an idle machine, while two spinning
+# OpenMP threads on a busy one made a training step several times slower (see tests/conftest.py).
+ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
 def run(*command: str) -> None:
     """Run a project command as a user would, echoing it; stop the demo if it fails."""
     print("  $", " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
+    subprocess.run(command, check=True, cwd=ROOT, env=ENVIRONMENT)
 
 
 def write_tokenizer(directory: Path) -> None:

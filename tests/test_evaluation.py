@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from conftest import images
+from conftest import LABELS, labelled_images
 from huggingface_hub import ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
@@ -321,6 +321,20 @@ def test_retrieval_recall_on_a_known_similarity():
     assert recalls["text_to_image_R@1"] == pytest.approx(200 / 3)
 
 
+def test_retrieval_recall_at_5_and_10_count_ranks():
+    """20 pairs whose correct caption sits at a chosen rank: a wrong ranking changes every recall."""
+    ranks = [0, 0, 1, 2, 4, 4, 5, 7, 9, 9, 10, 12, 15, 19, 3, 6, 0, 8, 11, 2]  # 0-based rank of the right caption
+    similarity = torch.zeros(20, 20)
+    for image, rank in enumerate(ranks):
+        others = [column for column in range(20) if column != image]
+        order = others[:rank] + [image] + others[rank:]  # columns from most to least similar
+        similarity[image, order] = torch.linspace(1.0, 0.0, 20)
+    recalls = retrieval_recalls(similarity)
+    for k in (1, 5, 10):
+        assert recalls[f"image_to_text_R@{k}"] == pytest.approx(100 * sum(rank < k for rank in ranks) / 20)
+    assert [recalls[f"image_to_text_R@{k}"] for k in (1, 5, 10)] == pytest.approx([15, 45, 75])
+
+
 def test_linear_probe_on_separable_features():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 10)
@@ -427,15 +441,27 @@ def test_cli_end_to_end(model_dir, tmp_path, tiny, monkeypatch, capsys):
 
 
 def test_cli_retrieval_and_linear_probe(model_dir, tmp_path, capsys):
-    rows = ["path,caption"]
-    for index, image in enumerate(images(4)):
+    rows, pairs = ["path,caption"], [image for label in LABELS for image in labelled_images(label, 4, 5)]
+    for index, image in enumerate(pairs):
         image.save(tmp_path / f"{index}.png")
         rows.append(f"{index}.png,chest x-ray number {index}")
     (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
     common = ["--model", str(model_dir), "--output", str(tmp_path / "out"), "--num-workers", "0"]
     report = evaluate_command.main([*common, "--task", "retrieval", "--csv", str(tmp_path / "pairs.csv")])
     recalls = report["results"]["retrieval"]
-    assert recalls["pairs"] == 4 and recalls["image_to_text_R@5"] == 100 and recalls["text_to_image_R@10"] == 100
+    # The same recalls from the full model's own forward pass, ranked here.
+    model, processor = (
+        UniMedCLIPModel.from_pretrained(model_dir).eval(),
+        UniMedCLIPProcessor.from_pretrained(model_dir),
+    )
+    captions = [f"chest x-ray number {index}" for index in range(len(pairs))]
+    with torch.no_grad():
+        outputs = model(**processor(text=captions, images=[tmp_path / f"{i}.png" for i in range(len(pairs))]))
+    similarity = outputs.image_embeds @ outputs.text_embeds.T
+    rank = (similarity > similarity.diagonal()[:, None]).sum(1)
+    assert recalls["pairs"] == len(pairs)
+    assert recalls["image_to_text_R@1"] == pytest.approx(100 * (rank < 1).float().mean().item())
+    assert recalls["image_to_text_R@5"] == pytest.approx(100 * (rank < 5).float().mean().item())
 
     for c, name in enumerate(["a", "b"]):
         for j in range(4):

@@ -4,7 +4,7 @@ the contrastive loss and initialisation for retraining."""
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, TINY_VISION, images, tiny_config
+from conftest import LABELS, TINY_VISION, images, labelled_images, tiny_config
 from huggingface_hub.errors import StrictDataclassError
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -125,7 +125,7 @@ def test_zero_shot_pipeline_from_a_directory(model_dir):
     classifier = pipeline("zero-shot-image-classification", model=str(model_dir))
     model = UniMedCLIPModel.from_pretrained(model_dir).eval()
     processor = UniMedCLIPProcessor.from_pretrained(model_dir)
-    batch = images(3)
+    batch = [labelled_images(label, 1, seed=7)[0] for label in LABELS]  # one image of each label's colour
 
     single = classifier(batch[0], candidate_labels=LABELS)
     batched = classifier(batch, candidate_labels=LABELS, batch_size=2)
@@ -138,6 +138,7 @@ def test_zero_shot_pipeline_from_a_directory(model_dir):
         assert [entry["label"] for entry in result] == [LABELS[i] for i in row.argsort(descending=True)]
         for label, probability in zip(LABELS, row.tolist()):
             assert scores[label] == pytest.approx(probability, abs=1e-5)
+    assert [result[0]["label"] for result in batched] == LABELS  # the model tells the labels apart
 
 
 def test_sdpa_and_eager_attention_agree(model_dir, tiny_tokenizer):

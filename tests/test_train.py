@@ -25,7 +25,7 @@ from datasets import DatasetInfo, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModel, pipeline
 
@@ -33,6 +33,7 @@ from modeling_unimedclip import UniMedCLIPImageProcessor, UniMedCLIPModel, UniMe
 from unimedclip.data import EmptyEpochError, UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
 from unimedclip.data.records import make_record
 from unimedclip.data.sources import get_source
+from unimedclip.evaluation import command as evaluate_command
 from unimedclip.training import checkpointing, loss
 from unimedclip.training.checkpointing import CheckpointWriteError
 from unimedclip.training.config import PRESETS, ConfigurationError, TrainingConfig, build_config, parse_args
@@ -108,15 +109,6 @@ def tokenizer_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     path = tmp_path_factory.mktemp("tokenizer")
     tiny_tokenizer.save_pretrained(path)
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: spinning OpenMP threads make these tiny steps many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -440,20 +432,27 @@ class Killed(BaseException):
     """Like a SIGKILL: nothing in train.py handles it."""
 
 
-def test_killed_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, finished_run, unimed_repo, tokenizer_dir):
+@pytest.mark.parametrize(
+    ("killed_in", "resumed_from"),
+    [(8, "step-00000006"), (10, "step-00000009")],
+    ids=["inside-epoch-0", "across-the-epoch-boundary"],  # 8 steps per pass: step 9 is the first of epoch 1
+)
+def test_killed_and_resumed_run_ends_bit_identical(
+    tmp_path, monkeypatch, finished_run, unimed_repo, tokenizer_dir, killed_in, resumed_from
+):
     config = demo_config(unimed_repo, tokenizer_dir, tmp_path, max_steps=10)
     forward, calls = loss.ContrastiveTrainingModel.forward, []
 
-    def dies_in_step_8(self, *args):
+    def dies(self, *args):
         calls.append(1)
-        if len(calls) == 8:
+        if len(calls) == killed_in:
             raise Killed
         return forward(self, *args)
 
-    monkeypatch.setattr(loss.ContrastiveTrainingModel, "forward", dies_in_step_8)
+    monkeypatch.setattr(loss.ContrastiveTrainingModel, "forward", dies)
     with pytest.raises(Killed):
         train_script.train(config)
-    assert checkpointing.list_checkpoints(tmp_path)[-1].name == "step-00000006"
+    assert checkpointing.list_checkpoints(tmp_path)[-1].name == resumed_from
     monkeypatch.setattr(loss.ContrastiveTrainingModel, "forward", forward)
     AcceleratorState._reset_state(reset_partial_state=True)
     resumed = train_script.train(demo_config(unimed_repo, tokenizer_dir, tmp_path, max_steps=10, resume="latest"))
@@ -467,6 +466,26 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, finish
         "state"
     ]
     assert all(torch.equal(optimizer_state[k]["exp_avg"], resumed_state[k]["exp_avg"]) for k in optimizer_state)
+
+
+def test_logit_scale_is_clamped_at_ln_100(tmp_path, monkeypatch, finished_run, unimed_repo, tokenizer_dir):
+    """A temperature just below the bound and a loss that wants it higher: it stays at ln 100."""
+
+    class WantsAHigherTemperature(loss.InfoNCELoss):
+        def forward(self, image_embeds, text_embeds, logit_scale):
+            return super().forward(image_embeds, text_embeds, logit_scale) - logit_scale
+
+    monkeypatch.setitem(loss.LOSSES, "hotter", WantsAHigherTemperature)
+    start = shutil.copytree(finished_run, tmp_path / "start")
+    weights = load_file(start / "model.safetensors")
+    weights["logit_scale"] = torch.tensor(math.log(100) - 1e-4)
+    save_file(weights, start / "model.safetensors", metadata={"format": "pt"})
+    config = demo_config(
+        unimed_repo, tokenizer_dir, tmp_path / "run", pretrained=str(start), max_steps=3, loss="hotter"
+    )
+    final = train_script.train(config)
+    assert load_file(final / "model.safetensors")["logit_scale"].item() == pytest.approx(math.log(100), abs=1e-7)
+    assert scalars(tmp_path / "run", "train/logit_scale")[-1] == pytest.approx(100.0, rel=1e-6)
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path, finished_run, unimed_repo, tokenizer_dir):
@@ -612,10 +631,13 @@ def test_periodic_zero_shot_evaluation_is_logged(tmp_path, unimed_repo, tokenize
             Image.fromarray(pixels).save(eval_root / "LC25000_test" / folder / f"{copy}.png")
     output_dir = tmp_path / "run"
     config = demo_config(unimed_repo, tokenizer_dir, output_dir, max_steps=4, eval_every=2, eval_data=str(eval_root))
-    train_script.train(config)
+    final = train_script.train(config)
     accuracies = scalars(output_dir, "zero_shot/LC25000_lung")
-    assert len(accuracies) == 2 and all(0 <= value <= 100 for value in accuracies)  # percent
-    assert scalars(output_dir, "zero_shot/mean") == accuracies
+    assert len(accuracies) == 2 and scalars(output_dir, "zero_shot/mean") == accuracies
+    # The last evaluation ran on the final weights: the evaluation command gives the same accuracy from them.
+    arguments = ["--model", str(final), "--data-root", str(eval_root), "--datasets", "LC25000_lung"]
+    report = evaluate_command.main([*arguments, "--num-workers", "0", "--output", str(tmp_path / "eval-out")])
+    assert accuracies[-1] == pytest.approx(report["results"]["LC25000_lung"]["accuracy"], abs=1e-4)
 
 
 # Hostile and unlucky inputs (issue 13).

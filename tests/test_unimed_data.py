@@ -13,7 +13,9 @@ import torch
 import yaml
 from datasets import load_dataset
 from PIL import Image
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from modeling_unimedclip import UniMedCLIPImageProcessor
 from unimedclip.data import EmptyEpochError, UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
 from unimedclip.data.records import choose_caption, make_record
 from unimedclip.data.sources import get_source
@@ -279,6 +281,44 @@ def test_normalize_pixels():
     assert out.dtype == torch.float32 and out.flatten().tolist() == [-1.0, 1.0] * 3
     with pytest.raises(ValueError, match="uint8"):
         normalize_pixels(pixels.float())
+
+
+def test_training_pixels_equal_the_processor_on_the_same_crop():
+    """Normalisation on the training device, with the real (asymmetric, per-channel) mean and std, gives the pixels the
+    evaluation processor gives for the same crop: a swap of mean and std, or of channels, shows."""
+    image = Image.open(io.BytesIO(image_bytes(4, size=(97, 64))))
+    crop = train_transform(image, 32, random.Random(3))  # uint8 (3, 32, 32), as the workers deliver it
+    as_image = Image.fromarray(crop.permute(1, 2, 0).numpy())
+    expected = UniMedCLIPImageProcessor(size=32)(as_image).pixel_values  # a 32 px image: resize and crop keep it
+    torch.testing.assert_close(normalize_pixels(crop[None]), expected, rtol=0, atol=1e-6)
+    assert OPENAI_CLIP_MEAN != OPENAI_CLIP_STD and len(set(OPENAI_CLIP_MEAN)) == 3  # the fixture can tell a swap
+
+
+def test_crop_boxes_follow_torchvision_random_resized_crop():
+    """The crop parameters against torchvision's `RandomResizedCrop(scale=(0.9, 1.0))` itself: the same bounds and
+    the same distribution of area and aspect ratio over many draws (torchvision draws from torch's generator, ours
+    from a per-sample `random.Random`, so the boxes themselves differ)."""
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    rng, width, height, draws = random.Random(0), 300, 200, 4000
+    image = torch.zeros(1, height, width)
+    reference = [RandomResizedCrop.get_params(image, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)) for _ in range(draws)]
+    ours = [random_resized_crop_box(width, height, rng) for _ in range(draws)]
+
+    def statistics(boxes, order):
+        area = np.array([box[order[2]] * box[order[3]] / (width * height) for box in boxes])
+        ratio = np.log([box[order[2]] / box[order[3]] for box in boxes])
+        return area, ratio
+
+    reference_area, reference_ratio = statistics(reference, (1, 0, 3, 2))  # (top, left, height, width)
+    area, ratio = statistics(ours, (0, 1, 2, 3))  # (left, top, width, height)
+    assert 0.88 < area.min() and area.max() <= 1.0 and np.abs(ratio).max() <= np.log(4 / 3) + 0.01
+    for ours_values, reference_values in ((area, reference_area), (ratio, reference_ratio)):
+        assert abs(ours_values.mean() - reference_values.mean()) < 0.01
+        for q in (0.1, 0.5, 0.9):
+            assert abs(np.quantile(ours_values, q) - np.quantile(reference_values, q)) < 0.02
+    assert all(0 <= left <= width - w and 0 <= top <= height - h for left, top, w, h in ours)
 
 
 def test_bad_arguments_raise_clear_errors(repo):

@@ -1,0 +1,243 @@
+"""A mutation pass over the core modules: put one plausible bug in at a time, run the tests that guard that code, and
+report the bugs no test catches (survivors).
+
+    make mutation                        # every mutant
+    python tests/mutants.py -k clamp     # the mutants whose name contains "clamp"
+
+Each mutant replaces one exact snippet of one file; a snippet that no longer occurs exactly once is reported as
+stale (update the mutant with the code), so the list cannot rot silently. The file is restored after each run, also
+on Ctrl-C. Run it on a clean working tree: it edits files in place.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    original: str
+    mutated: str
+    tests: tuple[str, ...]  # pytest node ids or -k expressions as "path::name" or "path -k expr"
+
+
+MUTANTS = [
+    Mutant(
+        "resume forgets the data epoch",
+        "unimedclip/training/checkpointing.py",
+        'self.epoch = state["epoch"]',
+        "self.epoch = 0",
+        ("tests/test_train.py -k killed",),
+    ),
+    Mutant(
+        "logit_scale not clamped",
+        "train.py",
+        "unwrapped.logit_scale.clamp_(0, MAX_LOGIT_SCALE)",
+        "unwrapped.logit_scale.clamp_(0, 2 * MAX_LOGIT_SCALE)",
+        ("tests/test_train.py -k clamped",),
+    ),
+    Mutant(
+        "training normalisation with mean and std swapped",
+        "unimedclip/data/transforms.py",
+        "return (pixel_values.to(dtype) / 255 - mean) / std",
+        "return (pixel_values.to(dtype) / 255 - std) / mean",
+        ("tests/test_unimed_data.py -k same_crop",),
+    ),
+    Mutant(
+        "random crop scale range changed",
+        "unimedclip/data/transforms.py",
+        "CROP_SCALE = (0.9, 1.0)",
+        "CROP_SCALE = (0.8, 1.0)",
+        ("tests/test_unimed_data.py -k crop",),
+    ),
+    Mutant(
+        "volume max pooling takes the minimum",
+        "unimedclip/inference/zero_shot.py",
+        "best_slice = (slice_embeds @ class_embeds.T).max(dim=0).values",
+        "best_slice = (slice_embeds @ class_embeds.T).min(dim=0).values",
+        ("tests/test_zero_shot.py", "tests/test_medical.py -k predict"),
+    ),
+    Mutant(
+        "class embeddings not renormalised",
+        "unimedclip/inference/zero_shot.py",
+        "return F.normalize(torch.stack([class_embeds.mean(dim=0) for class_embeds in per_class]), dim=-1)",
+        "return torch.stack([class_embeds.mean(dim=0) for class_embeds in per_class])",
+        ("tests/test_zero_shot.py", "tests/test_medical.py -k predict"),
+    ),
+    Mutant(
+        "contrastive labels ignore the rank",
+        "unimedclip/training/loss.py",
+        "labels = torch.arange(len(image_embeds), device=image_embeds.device) + len(image_embeds) * self.rank",
+        "labels = torch.arange(len(image_embeds), device=image_embeds.device)",
+        ("tests/test_train_distributed.py",),
+    ),
+    Mutant(
+        "weight decay on biases",
+        "unimedclip/training/optim.py",
+        'return parameter.ndim >= 2 and not name.endswith("bias") and "logit_scale" not in name',
+        'return parameter.ndim >= 1 and "logit_scale" not in name',
+        ("tests/test_train.py -k decay",),
+    ),
+    Mutant(
+        "warmup off by one",
+        "unimedclip/training/optim.py",
+        "return (step + 1) / warmup_steps",
+        "return step / warmup_steps",
+        ("tests/test_train.py -k schedule",),
+    ),
+    Mutant(
+        "processor rescales by multiplying with 1/255",
+        "modeling_unimedclip/image_processing_unimedclip.py",
+        "pixels = pixels / np.float32(255) if factor == DEFAULT_RESCALE_FACTOR else pixels * np.float32(factor)",
+        "pixels = pixels * np.float32(factor)",
+        ("tests/test_processor.py -k open_clip_transform",),
+    ),
+    Mutant(
+        "the source's own caption replaced by the last",
+        "unimedclip/data/records.py",
+        'return captions[0].strip() if captions else ""',
+        'return captions[-1].strip() if captions else ""',
+        ("tests/test_unimed_data.py -k caption",),
+    ),
+    Mutant(
+        "captions and crops ignore the epoch",
+        "unimedclip/data/stream.py",
+        'rng = _sample_rng(seed, epoch, raw["__url__"], raw["__key__"])',
+        'rng = _sample_rng(seed, 0, raw["__url__"], raw["__key__"])',
+        ("tests/test_unimed_data.py -k deterministic",),
+    ),
+    Mutant(
+        "leftover samples of the last partial batch not reported",
+        "unimedclip/data/loader.py",
+        "skipped[PARTIAL_BATCH] += len(samples)",
+        "pass",
+        ("tests/test_unimed_data.py -k end_of_the_stream",),
+    ),
+    Mutant(
+        "annotation paths may leave the source folder",
+        "dataset_scripts/images.py",
+        'if relative.is_absolute() or ".." in relative.parts:',
+        "if False:",
+        ("tests/test_dataset_build.py -k outside",),
+    ),
+    Mutant(
+        "altered shards pass verification",
+        "unimedclip/data/manifest.py",
+        'return path.is_file() and path.stat().st_size == entry["bytes"] and file_sha256(path) == entry["sha256"]',
+        'return path.is_file() and path.stat().st_size == entry["bytes"]',
+        ("tests/test_dataset_build.py -k altered",),
+    ),
+    Mutant(
+        "binary AUC from the wrong score difference",
+        "unimedclip/evaluation/metrics/unimed_zero_shot/unimed_zero_shot.py",
+        "return float(roc_auc_score(labels, scores[:, 1] - scores[:, 0]))",
+        "return float(roc_auc_score(labels, scores[:, 0] - scores[:, 1]))",
+        ("tests/test_evaluation.py -k metrics",),
+    ),
+    Mutant(
+        "text feature from the first layer's [CLS] instead of the last",
+        "modeling_unimedclip/modeling_unimedclip.py",
+        "return outputs, model.text_projection(outputs.last_hidden_state[:, 0])",
+        "return outputs, model.text_projection(outputs.last_hidden_state[:, 1])",
+        ("tests/test_parity.py",),
+    ),
+    Mutant(
+        "fused attention weights split in the wrong order",
+        "unimedclip/release/original_format.py",
+        'for name, chunk in zip("qkv", tensor.chunk(3, dim=0)):',
+        'for name, chunk in zip("kqv", tensor.chunk(3, dim=0)):',
+        ("tests/test_parity.py",),
+    ),
+    Mutant(
+        "MONOCHROME1 not inverted",
+        "modeling_unimedclip/dicom_unimedclip.py",
+        "return 255.0 - display if is_inverted(dataset) else display",
+        "return display",
+        ("tests/test_medical.py -k monochrome or presentation",),
+    ),
+    Mutant(
+        "a failed checkpoint write leaves its partial directory",
+        "unimedclip/training/checkpointing.py",
+        "shutil.rmtree(temporary, ignore_errors=True)  # on a full disk, this frees the space it took",
+        "pass",
+        ("tests/test_train.py -k full_disk",),
+    ),
+    Mutant(
+        "dataset upload sends the whole folder",
+        "unimedclip/release/hub.py",
+        "allow_patterns=[glob.escape(file) for file in files],",
+        "allow_patterns=None,",
+        ("tests/test_dataset_build.py -k exactly",),
+    ),
+    Mutant(
+        "no pixel budget",
+        "modeling_unimedclip/dicom_unimedclip.py",
+        "if pixels > MAX_IMAGE_PIXELS:",
+        "if False:",
+        ("tests/test_medical.py -k bomb", "tests/test_evaluation.py -k bad_dataset"),
+    ),
+    Mutant(
+        "rotation deletes checkpoints queued for upload",
+        "unimedclip/training/checkpointing.py",
+        "if old not in protected:",
+        "if True:",
+        ("tests/test_train.py -k rotation",),
+    ),
+]
+
+
+def pytest_command(spec: str) -> list[str]:
+    path, _, expression = spec.partition(" -k ")
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", path]
+    return command + (["-k", expression] if expression else [])
+
+
+def run(mutant: Mutant, timeout_s: int) -> str:
+    """'killed', 'survived' or 'stale' (the snippet is not in the file exactly once)."""
+    path = ROOT / mutant.file
+    source = path.read_text()
+    if source.count(mutant.original) != 1:
+        return "stale"
+    try:
+        path.write_text(source.replace(mutant.original, mutant.mutated))
+        for spec in mutant.tests:
+            environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+            try:
+                result = subprocess.run(
+                    pytest_command(spec), cwd=ROOT, capture_output=True, timeout=timeout_s, env=environment
+                )
+            except subprocess.TimeoutExpired:
+                return "killed"  # a test that hangs on the bug catches it too
+            if result.returncode not in (0, 5):  # 5: no test selected, which must not count as a kill
+                return "killed"
+        return "survived"
+    finally:
+        path.write_text(source)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-k", dest="select", help="only the mutants whose name contains this")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per test run")
+    args = parser.parse_args(argv)
+    mutants = [mutant for mutant in MUTANTS if not args.select or args.select in mutant.name]
+    outcomes = {}
+    for mutant in mutants:
+        started = time.perf_counter()
+        outcomes[mutant.name] = run(mutant, args.timeout)
+        print(f"{outcomes[mutant.name]:9s} {time.perf_counter() - started:6.1f} s  {mutant.name}", flush=True)
+    bad = {name: outcome for name, outcome in outcomes.items() if outcome != "killed"}
+    print(f"\n{len(outcomes) - len(bad)} of {len(outcomes)} mutants killed" + (f"; not killed: {bad}" if bad else ""))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
