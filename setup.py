@@ -20,12 +20,13 @@ setup(
             "evaluation/prompts/*.json",
             "evaluation/metrics/*/*.py",
         ],
-        "dataset_scripts": ["caption_prompts.json"],
+        "dataset_scripts": ["caption_prompts.json", "benchmark_card_template.md"],
     },
     entry_points={
         "console_scripts": ["unimedclip = unimedclip.cli:main"],
         # `unimedclip <name>`: each a `main(argv, prog)` (unimedclip/cli.py).
         "unimedclip.commands": [
+            "benchmark = dataset_scripts.benchmark:main",
             "build = dataset_scripts.build:main",
             "caption = dataset_scripts.caption:main",
             "card = unimedclip.release.model_card:main",
@@ -60,5 +61,7 @@ setup(
     extras_require={
         # open_clip_torch is the independent reference implementation for the parity tests and benchmarks.
         "dev": ["pytest>=8", "open_clip_torch==3.3.0", "torchvision", "timm", "webdataset>=0.2", "ruff"],
+        # open_clip baselines (BiomedCLIP, PMC-CLIP style releases) for `evaluate_zero_shot.py --model hf-hub:...`.
+        "openclip": ["open_clip_torch>=3.3,<4"],
     },
 )

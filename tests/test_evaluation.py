@@ -483,7 +483,7 @@ def test_cli_retrieval_and_linear_probe(model_dir, tmp_path, capsys):
     assert set(probe) == {"1", "2"} and probe["1"]["seeds"] == [0, 1]
 
     # An image-only task loads only the image tower; its probe equals one computed here on the full model's features.
-    tower = evaluate_command.load_model(str(model_dir), None, image_only=True)
+    tower, _ = evaluate_command.load_model(str(model_dir), None, image_only=True)
     assert isinstance(tower, UniMedCLIPVisionModelWithProjection)
     model, processor = (
         UniMedCLIPModel.from_pretrained(model_dir).eval(),

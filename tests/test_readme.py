@@ -1,13 +1,14 @@
 """Every code block of the README and of the released model cards runs, so that the documentation cannot rot.
 
 The blocks run in a sandbox folder laid out like the Hub: `unimed-clip/unimed-clip-vit-b16`,
-`microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract`, `facebook/metaclip-b16-400m` and `unimed-clip/UniMed` are
-local directories there holding tiny models and a tiny UniMed build, which `from_pretrained` and `load_dataset` find
-before the Hub. The Python blocks of each `## ` section run together in a fresh interpreter, as a user would type
-them: once with this package installed but not imported, and, unless a block imports the project, once where the
-package cannot be imported at all (the model card's promise to users of `trust_remote_code=True`). Shell commands run
-in this process through the same entry points the shell would reach, with a fake `HfApi` for uploads; the only
-changes are the flags in `SCALE_DOWN`, which shrink a paper-sized training run to two tiny steps.
+`microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract`, `facebook/metaclip-b16-400m`, the baselines `vinid/plip` and
+`microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`, and `unimed-clip/UniMed` are local directories there
+holding tiny models and a tiny UniMed build, which `from_pretrained` and `load_dataset` find before the Hub. The
+Python blocks of each `## ` section run together in a fresh interpreter, as a user would type them: once with this
+package installed but not imported, and, unless a block imports the project, once where the package cannot be
+imported at all (the model card's promise to users of `trust_remote_code=True`). Shell commands run in this process
+through the same entry points the shell would reach, with a fake `HfApi` for uploads; the only changes are the flags
+in `SCALE_DOWN`, which shrink a paper-sized training run to two tiny steps.
 """
 
 import json
@@ -28,6 +29,7 @@ import torch
 from accelerate.state import AcceleratorState
 from conftest import TINY_VISION, images
 from reference import open_clip_model, original_checkpoint
+from test_baselines import save_tiny_clip, save_tiny_open_clip
 from test_dataset_build import SETTINGS, make_raw_sources
 from test_medical import write_dicom
 from transformers import CLIPConfig, CLIPModel
@@ -163,6 +165,8 @@ def sandbox(tmp_path_factory, model_dir, tiny_bert_dir) -> Path:
     bert = root / "microsoft" / "BiomedNLP-BiomedBERT-base-uncased-abstract"
     shutil.copytree(tiny_bert_dir, bert)
     tiny_metaclip(root / "facebook" / "metaclip-b16-400m")
+    save_tiny_clip(root / "vinid" / "plip")  # PLIP: a transformers CLIPModel
+    save_tiny_open_clip(root / "microsoft" / "BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", bert)  # open_clip
     torch.save(
         original_checkpoint(open_clip_model(bert, image_size=32, patch_size=16)), root / "unimed-clip-vit-b16.pt"
     )
@@ -256,3 +260,11 @@ def test_readme_commands_run(sandbox, monkeypatch):
     assert (sandbox / "runs" / "b16" / "final" / "model.safetensors").is_file()
     assert "LC25000_lung" in json.loads((sandbox / "results" / "results.json").read_text())["results"]
     assert FakeHfApi.uploads[-1][:2] == ("unimed-clip/unimed-clip-vit-b16", "model")
+    comparison = json.loads((sandbox / "comparison" / "comparison.json").read_text())
+    assert comparison["models"] == [
+        "unimed-clip-vit-b16",
+        "plip",
+        "BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+    ]
+    assert "LC25000_lung" in comparison["datasets"]
+    assert "### Compared with other models" in (sandbox / "unimed-clip-vit-b16" / "README.md").read_text()

@@ -1,8 +1,9 @@
 """Zero-shot evaluation as in the paper, plus retrieval and few-shot linear probes on frozen features.
 
-Works with any model exposing transformers' `get_image_features`/`get_text_features` (UniMed-CLIP, CLIP, MetaCLIP,
-converted BiomedCLIP) and its processor. Class text embeddings are computed once per model and prompt set and cached
-on disk; image features are computed in batches by DataLoader workers, in bf16/fp16 on GPU when asked.
+Works with any model exposing transformers' `get_image_features`/`get_text_features` and its processor: UniMed-CLIP,
+transformers CLIP-family models, and open_clip models through `adapters` (BiomedCLIP, PMC-CLIP style releases).
+Class text embeddings are computed once per model and prompt set and cached on disk; image features are computed in
+batches by DataLoader workers, in bf16/fp16 on GPU when asked.
 """
 
 import hashlib
@@ -10,6 +11,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import evaluate
@@ -70,7 +72,7 @@ class Evaluator:
             "confusion_matrix": metrics["confusion_matrix"],
             "images": len(labels),
             "unreadable": len(unreadable),
-            "unreadable_examples": [str(dataset.samples[i].image) for i in unreadable[:5]],
+            "unreadable_examples": [dataset.samples[i].origin for i in unreadable[:5]],
         }
 
     def text_class_embeddings(self, prompts: dict[str, list[str]]) -> torch.Tensor:
@@ -90,18 +92,18 @@ class Evaluator:
         return embeds
 
     def fingerprint(self) -> str:
-        """A hash of the text tower's weights: the cache key must change when the weights do, whatever their path."""
+        """A hash of the model's weights: the cache key must change when the weights do, whatever their path. All of
+        them, since model families name their text towers differently (open_clip's CLIP: `transformer.*`)."""
         if self._fingerprint is None:
-            digest = hashlib.sha256()
+            digest = hashlib.sha256(type(self.model).__name__.encode())
             for name, tensor in self.model.state_dict().items():
-                if name.startswith("text"):
-                    digest.update(name.encode())
-                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
     @torch.no_grad()
-    def image_features(self, samples: list[Sample], description: str = "images"):
+    def image_features(self, samples: Sequence[Sample], description: str = "images"):
         """Normalised image embeddings (float32, CPU), their labels, and the indices of unreadable images."""
         loader = torch.utils.data.DataLoader(
             ImageDataset(samples, self.processor.image_processor),

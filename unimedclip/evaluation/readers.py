@@ -1,16 +1,24 @@
-"""Evaluation data: the catalog's loaders for the paper's 21 datasets, and generic image-folder, CSV and Hugging Face
-dataset loaders for bring-your-own data. A loader yields `Sample(image, label)` where `image` is a path or an image
-object the processor accepts; the evaluator decodes lazily, in DataLoader workers, counting unreadable images."""
+"""Evaluation data: the catalog's loaders for the paper's 21 datasets, in the original archive's folders or in the
+benchmark's Hub dataset, and generic image-folder, CSV and Hugging Face dataset loaders for bring-your-own data. A
+loader yields `Sample(image, label)` where `image` is a path, encoded image bytes or an image object; the evaluator
+decodes lazily, in DataLoader workers, the same way for every model, counting unreadable images."""
 
 import ast
 import csv
+import io
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from modeling_unimedclip.dicom_unimedclip import check_pixel_budget
+from modeling_unimedclip.image_processing_unimedclip import to_pil_image
 
 from ..variants import RELEASE_NAMESPACE
 
@@ -18,12 +26,21 @@ CATALOG_FILE = Path(__file__).parent / "catalog.json"
 # The Hub dataset of the 21 test sets in the release namespace, one config per catalog key; model cards cite it.
 BENCHMARK_REPO = f"{RELEASE_NAMESPACE}/UniMed-CLIP-zero-shot-benchmark"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+# The benchmark dataset's columns and split: the image bytes as the archive has them, the class index, the image's
+# path in the archive.
+BENCHMARK_SPLIT = "test"
+IMAGE_COLUMN, LABEL_COLUMN, PATH_COLUMN = "image", "label", "path"
 
 
 @dataclass(frozen=True)
 class Sample:
-    image: Any  # a path, or an image object from a Hugging Face dataset
+    image: Any  # a path, encoded image bytes, or an image object from a Hugging Face dataset
     label: int
+    path: str | None = None  # where the image comes from, when `image` is not its path
+
+    @property
+    def origin(self) -> str:
+        return str(self.image if self.path is None else self.path)
 
 
 @dataclass(frozen=True)
@@ -32,7 +49,7 @@ class EvalDataset:
     modality: str | None
     metric: str  # "accuracy" or "auc"
     classes: list[str]
-    samples: list[Sample]
+    samples: Sequence[Sample]
     hub_dataset: tuple[str, str | None] | None = None  # (Hub dataset id, config) it comes from, for model cards
     also_report: tuple[str, ...] = ()  # metrics reported beside `metric` ("auc": RSNA, as the original did)
 
@@ -76,6 +93,76 @@ def image_folder_dataset(root: Path, key: str | None = None) -> EvalDataset:
         raise ValueError(f"{root} has no class subfolders.")
     samples = _folder_samples({"root": ".", "class_folders": classes}, root)
     return EvalDataset(key or root.name, None, "accuracy", classes, samples)
+
+
+def benchmark_configs(name_or_path: str) -> set[str]:
+    """The test sets a benchmark dataset (the Hub's `BENCHMARK_REPO`, another copy, or a local build) holds."""
+    import datasets
+
+    return set(datasets.get_dataset_config_names(_location(name_or_path)))
+
+
+def benchmark_dataset(
+    key: str, entry: dict, name_or_path: str, configs: set[str], streaming: bool = False
+) -> EvalDataset:
+    """One catalog dataset from a benchmark dataset holding `configs` (see `benchmark_configs`); one it does not hold
+    raises FileNotFoundError. Streaming reads it without a download to disk first, keeping the encoded images (not
+    decoded ones) in memory; otherwise the downloaded copy is read row by row as the evaluation goes."""
+    import datasets
+
+    if key not in configs:
+        raise FileNotFoundError(
+            f"{name_or_path} does not hold {key} (its licence may not allow hosting it): build it from your own copy "
+            "of the evaluation archive with `unimedclip benchmark --data-root DIR --output DIR`, or use --data-root."
+        )
+    dataset = datasets.load_dataset(_location(name_or_path), key, split=BENCHMARK_SPLIT, streaming=streaming)
+    columns = list(dataset.features or [])  # a stream whose card declares no features knows none
+    _require_columns(f"{name_or_path} ({key})", [IMAGE_COLUMN, LABEL_COLUMN, PATH_COLUMN], columns)
+    names = getattr(dataset.features[LABEL_COLUMN], "names", None)
+    if names != entry["classes"]:
+        raise ValueError(
+            f"{name_or_path} ({key}): its classes {names} are not the catalog's {entry['classes']}; rebuild it with "
+            "this version's `unimedclip benchmark`."
+        )
+    dataset = dataset.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+    if streaming:
+        samples = [_benchmark_sample(row) for row in tqdm(dataset, desc=f"{key}: streaming", unit=" images")]
+    else:
+        samples = BenchmarkRows(dataset)
+    if not len(samples):
+        raise ValueError(f"{name_or_path} ({key}): no images found.")
+    hub_dataset = BENCHMARK_REPO if Path(name_or_path).exists() else name_or_path
+    return EvalDataset(
+        key,
+        entry["modality"],
+        entry["metric"],
+        entry["classes"],
+        samples,
+        (hub_dataset, key),
+        tuple(entry.get("also_report", ())),
+    )
+
+
+def _location(name_or_path: str) -> str:
+    """A local folder as an absolute path (`datasets` cannot name a dataset after `.`), else the Hub id."""
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else name_or_path
+
+
+class BenchmarkRows(Sequence):
+    """The samples of a downloaded benchmark test set, read from its memory-mapped table only when asked for."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        return _benchmark_sample(self.dataset[index])
+
+
+def _benchmark_sample(row: dict) -> Sample:
+    return Sample(row[IMAGE_COLUMN]["bytes"], row[LABEL_COLUMN], row[PATH_COLUMN])
 
 
 def csv_dataset(file: Path, path_column: str = "path", label_column: str = "label", key: str | None = None):
@@ -130,10 +217,24 @@ def hf_pairs(name_or_path: str, split: str = "test", image_column: str = "image"
     return dataset[image_column], dataset[caption_column]
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Preprocesses one sample per item; an unreadable image yields `None` so that the batch can drop and count it."""
+def decode_image(image) -> Image.Image:
+    """A sample's image as the 8-bit PIL image any model's processor takes: files (DICOM included) and encoded bytes
+    are decoded alike, 16-bit images scaled by their range, and inputs of over `MAX_IMAGE_PIXELS` refused, so every
+    model sees the same pixels from the archive's folders and from the benchmark dataset."""
+    if isinstance(image, bytes):
+        try:
+            image = Image.open(io.BytesIO(image))
+        except (Image.UnidentifiedImageError, Image.DecompressionBombError) as error:
+            raise ValueError(f"Cannot read the image bytes: {error}") from None
+        check_pixel_budget(image.width * image.height, "The image")
+    return to_pil_image(image)
 
-    def __init__(self, samples: list[Sample], image_processor):
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decodes and preprocesses one sample per item; an unreadable image yields `None` so that the batch can drop and
+    count it."""
+
+    def __init__(self, samples: Sequence[Sample], image_processor):
         self.samples, self.image_processor = samples, image_processor
 
     def __len__(self) -> int:
@@ -142,7 +243,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         sample = self.samples[index]
         try:
-            pixel_values = self.image_processor(sample.image, return_tensors="pt").pixel_values[0]
+            pixel_values = self.image_processor(decode_image(sample.image), return_tensors="pt").pixel_values[0]
         except (ValueError, TypeError, OSError):
             return None, sample.label, index
         return pixel_values, sample.label, index

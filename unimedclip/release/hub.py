@@ -70,7 +70,7 @@ def publish_model(
     )
 
 
-def _is_public(api: HfApi, repo_id: str) -> bool:
+def is_public_repo(api: HfApi, repo_id: str) -> bool:
     """Whether `repo_id` exists and is public (a new one is created private by push_folder_to_hub)."""
     return api.repo_exists(repo_id, repo_type="dataset") and not api.repo_info(repo_id, repo_type="dataset").private
 
@@ -88,6 +88,11 @@ def push_dataset_to_hub(
     Shards of gated sources are refused unless the repository is private and `allow_gated_in_private_repo` is set,
     for users keeping their own build under their own access terms.
     """
+    if load_manifest(output).get("format") != "webdataset":
+        raise ValueError(
+            f"{output} is not a UniMed shard build; a zero-shot benchmark build is uploaded with "
+            "`unimedclip benchmark --output DIR --push-to-hub ORG/NAME`."
+        )
     gated = gated_sources(output)
     if gated and not (private and allow_gated_in_private_repo):
         raise PermissionError(
@@ -96,7 +101,7 @@ def push_dataset_to_hub(
             "pass private=True and allow_gated_in_private_repo=True (--private --allow-gated-in-private-repo)."
         )
     api = api or HfApi()
-    if gated and _is_public(api, repo_id):
+    if gated and is_public_repo(api, repo_id):
         raise PermissionError(f"{repo_id} exists and is public; gated shards go only to a private repository.")
     verify_output(output)
     render_card(output, repo_id)

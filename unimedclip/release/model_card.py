@@ -1,11 +1,12 @@
 """Model cards for UniMed-CLIP checkpoints, rendered from what the checkpoint and its evaluation files say.
 
-    unimedclip card --model-dir DIR --repo-id ORG/NAME [--results results.json] \\
+    unimedclip card --model-dir DIR --repo-id ORG/NAME [--results results.json] [--comparison comparison.json] \\
         [--training training.json] [--converted-from UzairK/unimed-clip-vit-b16]    # writes DIR/README.md
     unimedclip card --released model_cards/                                     # the three released variants
 
 The architecture comes from `config.json`, the parameter count from the safetensors headers (no weights are loaded),
-evaluation numbers only from a `results.json` written by `evaluate_zero_shot.py`. Without one, the card says that
+evaluation numbers only from a `results.json` written by `evaluate_zero_shot.py`, and the comparison with other
+models only from the `comparison.json` it writes when given several models. Without results, the card says that
 evaluation is pending and shows only the averages reported in the paper, labelled as such.
 """
 
@@ -23,6 +24,7 @@ from modeling_unimedclip.configuration_unimedclip import UniMedCLIPConfig
 from modeling_unimedclip.modeling_unimedclip import UniMedCLIPModel
 
 from ..data.sources import CAPTION_RULES, LICENSE_CLASSES, SOURCES
+from ..evaluation.comparison import comparison_markdown
 from ..modalities import MODALITIES
 from ..paper import CITATION
 from ..variants import VARIANTS, variant_of
@@ -101,6 +103,18 @@ def load_results(path: str | Path) -> dict:
     return report
 
 
+def load_comparison(path: str | Path) -> dict:
+    """A `comparison.json` from `evaluate_zero_shot.py` run with several models."""
+    comparison = json.loads(Path(path).read_text())
+    missing = [key for key in ("models", "datasets", "modalities", "average") if key not in comparison]
+    if missing:
+        raise ValueError(
+            f"{path} lacks {missing}: the card needs a comparison.json written by evaluate_zero_shot.py with several "
+            "--model."
+        )
+    return comparison
+
+
 def restricted_share() -> int:
     """Percentage of UniMed pairs from sources that may not be redistributed."""
     restricted = sum(source.pairs for source in SOURCES.values() if not source.redistributable)
@@ -116,10 +130,12 @@ def render_model_card(
     converted_from: str | None = None,
     datasets: Sequence[str] = (),
     towers: tuple[str | None, str | None] | None = None,
+    comparison: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """The card of a checkpoint with this architecture, published as `repo_id`.
 
-    `results`: a zero-shot `results.json` (see `load_results`); `training`: settings of the run that produced the
+    `results`: a zero-shot `results.json` (see `load_results`); `comparison`: these and other models side by side on
+    the same images and prompts (see `load_comparison`); `training`: settings of the run that produced the
     weights (shown as a table); `converted_from`: the original checkpoint the weights were converted from;
     `datasets`: Hub datasets the weights were trained on; `towers`: the (vision, text) checkpoints the towers were
     initialised from, by default those of the released variant with this architecture.
@@ -171,6 +187,8 @@ def render_model_card(
         license_classes=LICENSE_CLASSES,
         restricted_share=restricted_share(),
         prompt_set=Path(prompts).name if prompts else None,
+        comparison=comparison,
+        comparison_table=comparison_markdown(comparison) if comparison else None,
     )
 
 
@@ -183,6 +201,7 @@ def model_card_for_directory(
     converted_from: str | None = None,
     datasets: Sequence[str] = (),
     towers: tuple[str | None, str | None] | None = None,
+    comparison_path: str | Path | None = None,
 ) -> ModelCard:
     """The card of the saved model in `model_dir`; write it with `.save(Path(model_dir) / "README.md")`."""
     return render_model_card(
@@ -193,6 +212,7 @@ def model_card_for_directory(
         converted_from=converted_from,
         datasets=datasets,
         towers=towers,
+        comparison=load_comparison(comparison_path) if comparison_path else None,
     )
 
 
@@ -217,6 +237,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     target.add_argument("--released", type=Path, metavar="DIR", help="Write the released variants' cards.")
     parser.add_argument("--repo-id", help="Hub repository the model is published as (with --model-dir).")
     parser.add_argument("--results", type=Path, help="results.json from evaluate_zero_shot.py.")
+    parser.add_argument(
+        "--comparison", type=Path, help="comparison.json from evaluate_zero_shot.py with several --model."
+    )
     parser.add_argument("--training", type=Path, help="JSON object of training settings to show.")
     parser.add_argument("--converted-from", help="Original checkpoint repository the weights were converted from.")
     parser.add_argument("--dataset", action="append", default=[], help="Hub dataset trained on (repeatable).")
@@ -238,6 +261,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         training=json.loads(args.training.read_text()) if args.training else None,
         converted_from=args.converted_from,
         datasets=args.dataset,
+        comparison_path=args.comparison,
     )
     output = args.output or args.model_dir / "README.md"
     card.save(output)
