@@ -31,11 +31,13 @@ setup(
             "caption = dataset_scripts.caption:main",
             "card = unimedclip.release.model_card:main",
             "convert = unimedclip.release.convert:main",
+            "embed = unimedclip.inference.embedding:main",
             "evaluate = unimedclip.evaluation.command:main",
             "export = unimedclip.release.export_open_clip:main",
             "import-prompts = unimedclip.evaluation.import_prompts:main",
             "predict = unimedclip.inference.predict:main",
             "publish = unimedclip.release.publish:main",
+            "search = unimedclip.inference.search:main",
         ],
     },
     install_requires=[
@@ -59,9 +61,24 @@ setup(
         "pyyaml>=6.0",
     ],
     extras_require={
-        # open_clip_torch is the independent reference implementation for the parity tests and benchmarks.
-        "dev": ["pytest>=8", "open_clip_torch==3.3.0", "torchvision", "timm", "webdataset>=0.2", "ruff"],
         # open_clip baselines (BiomedCLIP, PMC-CLIP style releases) for `evaluate_zero_shot.py --model hf-hub:...`.
         "openclip": ["open_clip_torch>=3.3,<4"],
+        # The Space (app/): Gradio at the version app/README.md declares to Hugging Face (tests/test_app.py checks).
+        "app": ["gradio==6.31.0"],
+        # `unimedclip search` uses a FAISS index through datasets when FAISS is installed, exact NumPy search otherwise.
+        "faiss": ["faiss-cpu>=1.8"],
+        # open_clip_torch is the independent reference implementation for the parity tests and benchmarks;
+        # Playwright drives the system's Chromium in the app's browser tests (its own browser downloads are not used).
+        "dev": [
+            "pytest>=8",
+            "open_clip_torch==3.3.0",
+            "torchvision",
+            "timm",
+            "webdataset>=0.2",
+            "ruff",
+            "gradio==6.31.0",
+            "faiss-cpu>=1.8",
+            "playwright>=1.50",
+        ],
     },
 )

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataset_scripts.readers import literal_list
+from modeling_unimedclip.image_processing_unimedclip import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"})
 POSITIVE_VALUES = frozenset({"1", "1.0", "true", "yes"})
 
 

@@ -290,6 +290,10 @@ def to_pil_image(
     return image
 
 
+# File types taken as images when a folder is scanned (`open_image` reads anything PIL or pydicom can decode).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"})
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image file, so that unreadable or truncated files fail here with their path."""
     if not os.path.exists(path):

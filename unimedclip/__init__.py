@@ -8,8 +8,8 @@ to the weights; importing this package registers it with the transformers auto c
     unimedclip.paper        the paper's citation
     unimedclip.data         UniMed: source registry, shard records, the resumable training stream
     unimedclip.training     train.py's configuration, loss, optimizer, checkpoints, uploads
-    unimedclip.evaluation   the 21-dataset zero-shot suite: catalog, prompts, readers, evaluator, metrics
-    unimedclip.inference    zero-shot helpers, volumes, the predict command
+    unimedclip.evaluation   the 21-dataset zero-shot suite: catalog, prompts, readers, evaluator, metrics, baselines
+    unimedclip.inference    zero-shot helpers, volumes, embedding and search, the predict, embed and search commands
     unimedclip.release      conversion, open_clip export, model and dataset cards, Hub uploads
     unimedclip.cli          `unimedclip <command>`
 """

@@ -25,6 +25,7 @@ from ..variants import RELEASE_NAMESPACE
 CATALOG_FILE = Path(__file__).parent / "catalog.json"
 # The Hub dataset of the 21 test sets in the release namespace, one config per catalog key; model cards cite it.
 BENCHMARK_REPO = f"{RELEASE_NAMESPACE}/UniMed-CLIP-zero-shot-benchmark"
+# The file types the original protocol counts in a class folder, unless the catalog names others.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 # The benchmark dataset's columns and split: the image bytes as the archive has them, the class index, the image's
 # path in the archive.

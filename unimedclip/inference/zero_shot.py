@@ -40,7 +40,7 @@ def text_embeddings(model, processor, texts: list[str], batch_size: int = 64) ->
     for start in range(0, len(texts), batch_size):
         batch = texts[start : start + batch_size]
         inputs = processor(text=batch, padding=True, truncation=True, return_tensors="pt").to(model.device)
-        embeddings.append(F.normalize(model.get_text_features(**inputs).pooler_output.float(), dim=-1))
+        embeddings.append(F.normalize(project_texts(model, inputs).float(), dim=-1))
     return torch.cat(embeddings)
 
 
@@ -51,6 +51,14 @@ def class_embeddings(model, processor, prompts: dict[str, list[str]]) -> torch.T
     embeddings = text_embeddings(model, processor, texts)
     per_class = torch.split(embeddings, [len(class_prompts) for class_prompts in prompts.values()])
     return F.normalize(torch.stack([class_embeds.mean(dim=0) for class_embeds in per_class]), dim=-1)
+
+
+def project_texts(model, inputs) -> torch.Tensor:
+    """Unnormalised text embeddings of a dual encoder (`get_text_features`) or of a text tower with its projection
+    (`text_embeds`, as `UniMedCLIPTextModelWithProjection` returns)."""
+    if hasattr(model, "get_text_features"):
+        return model.get_text_features(**inputs).pooler_output
+    return model(**inputs).text_embeds
 
 
 def project_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
