@@ -24,6 +24,7 @@ bench: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_processor.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_embed.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_search.py
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_finetune.py
 
 mutation: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PYTHON) tests/mutants.py

@@ -63,6 +63,8 @@ setup(
     extras_require={
         # open_clip baselines (BiomedCLIP, PMC-CLIP style releases) for `evaluate_zero_shot.py --model hf-hub:...`.
         "openclip": ["open_clip_torch>=3.3,<4"],
+        # LoRA fine-tuning (`finetune.py --method lora`).
+        "peft": ["peft>=0.17"],
         # The Space (app/): Gradio at the version app/README.md declares to Hugging Face (tests/test_app.py checks).
         "app": ["gradio==6.31.0"],
         # `unimedclip search` uses a FAISS index through datasets when FAISS is installed, exact NumPy search otherwise.
@@ -79,6 +81,7 @@ setup(
             "gradio==6.31.0",
             "faiss-cpu>=1.8",
             "playwright>=1.50",
+            "peft>=0.17",
         ],
     },
 )

@@ -17,6 +17,7 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
@@ -25,6 +26,7 @@ from .configuration_unimedclip import UniMedCLIPConfig
 from .image_processing_unimedclip import UniMedCLIPImageProcessor
 from .image_processing_unimedclip_fast import UniMedCLIPImageProcessorFast
 from .modeling_unimedclip import (
+    UniMedCLIPForImageClassification,
     UniMedCLIPModel,
     UniMedCLIPPreTrainedModel,
     UniMedCLIPTextModelWithProjection,
@@ -35,6 +37,7 @@ from .processing_unimedclip import UniMedCLIPProcessor
 AutoConfig.register(UniMedCLIPConfig.model_type, UniMedCLIPConfig)
 AutoModel.register(UniMedCLIPConfig, UniMedCLIPModel)
 AutoModelForZeroShotImageClassification.register(UniMedCLIPConfig, UniMedCLIPModel)
+AutoModelForImageClassification.register(UniMedCLIPConfig, UniMedCLIPForImageClassification)
 # The PIL processor, bit-exact with the original preprocessing, stays the default (image_processing_unimedclip.py).
 AutoImageProcessor.register(
     UniMedCLIPConfig,
@@ -45,11 +48,13 @@ AutoProcessor.register(UniMedCLIPConfig, UniMedCLIPProcessor)
 # Makes `save_pretrained` copy the code files next to the weights.
 UniMedCLIPConfig.register_for_auto_class()
 UniMedCLIPModel.register_for_auto_class("AutoModel")
+UniMedCLIPForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 UniMedCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
 UniMedCLIPProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "UniMedCLIPConfig",
+    "UniMedCLIPForImageClassification",
     "UniMedCLIPImageProcessor",
     "UniMedCLIPImageProcessorFast",
     "UniMedCLIPModel",

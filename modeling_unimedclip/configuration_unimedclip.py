@@ -50,6 +50,7 @@ AUTO_MAP = {
     "AutoConfig": "configuration_unimedclip.UniMedCLIPConfig",
     "AutoModel": "modeling_unimedclip.UniMedCLIPModel",
     "AutoModelForZeroShotImageClassification": "modeling_unimedclip.UniMedCLIPModel",
+    "AutoModelForImageClassification": "modeling_unimedclip.UniMedCLIPForImageClassification",
     "AutoProcessor": "processing_unimedclip.UniMedCLIPProcessor",
     "AutoImageProcessor": AUTO_IMAGE_PROCESSORS,
 }

@@ -1,5 +1,6 @@
 """PyTorch UniMed-CLIP model: a CLIP ViT image tower and a BiomedBERT text tower in one embedding space."""
 
+import copy
 import math
 
 import torch
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertModel, CLIPModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.clip.modeling_clip import (
     CLIPOutput,
     CLIPTextModelOutput,
@@ -87,10 +88,16 @@ class UniMedCLIPPreTrainedModel(PreTrainedModel):
             # PyTorch's default Linear init, as the original head was never re-initialised.
             init.kaiming_uniform_(module.fc1.weight, a=math.sqrt(5))
             init.kaiming_uniform_(module.fc2.weight, a=math.sqrt(5))
-        elif isinstance(module, (UniMedCLIPModel, UniMedCLIPVisionModelWithProjection)):
+        elif isinstance(
+            module, (UniMedCLIPModel, UniMedCLIPVisionModelWithProjection, UniMedCLIPForImageClassification)
+        ):
             init.normal_(module.visual_projection.weight, std=module.visual_projection.in_features**-0.5)
-        if isinstance(module, UniMedCLIPModel):
+        if isinstance(module, (UniMedCLIPModel, UniMedCLIPForImageClassification)):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        if isinstance(module, UniMedCLIPForImageClassification) and isinstance(module.classifier, nn.Linear):
+            # As transformers' CLIPForImageClassification; `from_zero_shot` replaces it with the class prompts.
+            init.normal_(module.classifier.weight, std=module.classifier.in_features**-0.5)
+            init.zeros_(module.classifier.bias)
 
 
 class UniMedCLIPModel(UniMedCLIPPreTrainedModel):
@@ -185,7 +192,9 @@ class UniMedCLIPModel(UniMedCLIPPreTrainedModel):
         if input_ids is None or pixel_values is None:
             raise ValueError(
                 "UniMedCLIPModel.forward needs both `input_ids` and `pixel_values`; use `get_text_features` or "
-                "`get_image_features` to embed one modality."
+                "`get_image_features` to embed one modality, or load a single tower: "
+                "`UniMedCLIPVisionModelWithProjection` (also for `pipeline('image-feature-extraction', model=...)`) "
+                "or `UniMedCLIPTextModelWithProjection`."
             )
         vision_outputs = self.get_image_features(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
@@ -353,6 +362,99 @@ class UniMedCLIPTextModelWithProjection(UniMedCLIPPreTrainedModel):
         )
 
 
+class UniMedCLIPForImageClassification(UniMedCLIPPreTrainedModel):
+    r"""
+    UniMed-CLIP's image tower with a linear classification head, for `pipeline("image-classification")` and
+    fine-tuning. The head reads the L2-normalised image embedding (the one zero-shot classification compares with
+    class prompts), unlike transformers' `CLIPForImageClassification`, which reads the mean patch token, and its
+    output is scaled by the model's temperature `exp(logit_scale)`, as the zero-shot logits are. A head whose rows are
+    the class prompts' normalised text embeddings therefore gives exactly the zero-shot logits, and fine-tuning starts
+    from the zero-shot classifier (`from_zero_shot`). Keeping the temperature out of the head's weights leaves them of
+    unit scale, so that optimisers take steps of the same relative size as on the other weights. The labels are the
+    config's `id2label` and `label2id`.
+
+    Loads from a full UniMed-CLIP checkpoint too, reading only the image tower's weights and the temperature (the head
+    is then new): `UniMedCLIPForImageClassification.from_pretrained(checkpoint, id2label=..., label2id=...)`.
+
+    Example:
+
+    ```python
+    >>> from transformers import pipeline
+
+    >>> classifier = pipeline("image-classification", model="my-chest-xray-classifier", trust_remote_code=True)
+    >>> classifier("chest_xray.png")
+    ```"""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["CLIPEncoderLayer"]
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\."]
+
+    def __init__(self, config: UniMedCLIPConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vision_model = CLIPVisionModel._from_config(config.vision_config)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.classifier = (
+            nn.Linear(config.projection_dim, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embedding
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices for the classification loss (cross-entropy; see `config.problem_type`).
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+            Resize the image tower's position embeddings bicubically for images of another size than the model's.
+        """
+        vision_outputs, image_embeds = encode_image(self, pixel_values, interpolate_pos_encoding, **kwargs)
+        logits = self.logit_scale.exp() * self.classifier(F.normalize(image_embeds, dim=-1))
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return ImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+        )
+
+    @classmethod
+    def from_zero_shot(
+        cls, model: UniMedCLIPModel, class_embeds: torch.Tensor, labels: list[str]
+    ) -> "UniMedCLIPForImageClassification":
+        """The zero-shot classifier of `model` as an image classifier: its image tower and temperature, and a head
+        whose row `i` is the normalised `class_embeds[i]` (the text embedding of class `labels[i]`, e.g. the mean of
+        its prompts' normalised embeddings), with no bias. Its logits are the zero-shot pipeline's
+        `logits_per_image` for those texts, and their softmax its scores."""
+        if class_embeds.shape != (len(labels), model.config.projection_dim):
+            raise ValueError(
+                f"class_embeds must be ({len(labels)} labels, {model.config.projection_dim}); got "
+                f"{tuple(class_embeds.shape)}."
+            )
+        config = copy.deepcopy(model.config)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: index for index, label in enumerate(labels)}
+        config.architectures = [cls.__name__]
+        classifier = cls(config).to(model.device, model.dtype)
+        classifier.vision_model.load_state_dict(model.vision_model.state_dict())
+        classifier.visual_projection.load_state_dict(model.visual_projection.state_dict())
+        with torch.no_grad():
+            classifier.logit_scale.copy_(model.logit_scale)
+            classifier.classifier.weight.copy_(F.normalize(class_embeds.float(), dim=-1))
+            classifier.classifier.bias.zero_()
+        return classifier
+
+
 def resize_position_embedding(position_embedding: torch.Tensor, num_positions: int) -> torch.Tensor:
     """Bicubically resize a ViT position table (class token first, then a square grid) to `num_positions` rows.
 
@@ -375,6 +477,7 @@ def resize_position_embedding(position_embedding: torch.Tensor, num_positions: i
 
 
 __all__ = [
+    "UniMedCLIPForImageClassification",
     "UniMedCLIPModel",
     "UniMedCLIPPreTrainedModel",
     "UniMedCLIPTextModelWithProjection",

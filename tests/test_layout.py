@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "modeling_unimedclip"
 # Top-level packages in the only order imports may flow: each may import those before it, never those after.
 PACKAGES = ("modeling_unimedclip", "unimedclip", "dataset_scripts")
-SCRIPTS = ("train.py", "evaluate_zero_shot.py", "demo.py")
+SCRIPTS = ("train.py", "finetune.py", "evaluate_zero_shot.py", "demo.py")
 
 
 def bundle_modules() -> set[str]:

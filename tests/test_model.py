@@ -89,6 +89,7 @@ def test_save_and_auto_reload_are_identical(model_dir):
     assert set(auto_map) == {
         "AutoConfig",
         "AutoModel",
+        "AutoModelForImageClassification",
         "AutoModelForZeroShotImageClassification",
         "AutoProcessor",
         "AutoImageProcessor",

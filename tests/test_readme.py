@@ -37,6 +37,7 @@ from transformers import CLIPConfig, CLIPModel
 import unimedclip.release.hub
 from dataset_scripts.build import build_registered
 from dataset_scripts.synthetic import write_synthetic_rocov2
+from modeling_unimedclip import UniMedCLIPForImageClassification, UniMedCLIPProcessor
 from unimedclip import cli
 from unimedclip.release.dataset_card import render_card
 
@@ -47,6 +48,10 @@ SCALE_DOWN = {
     "train.py": [
         "--batch-size", "4", "--micro-batch-size", "4", "--max-steps", "2", "--warmup-steps", "1",
         "--num-workers", "0", "--mixed-precision", "no", "--report-to", "none",
+    ],
+    "finetune.py": [
+        "--batch-size", "4", "--max-steps", "2", "--num-workers", "0", "--mixed-precision", "no",
+        "--report-to", "none",
     ],
 }  # fmt: skip
 # Covered elsewhere: `make test` is what CI runs, `make demo` is tested in test_scripts.py.
@@ -189,6 +194,13 @@ def sandbox(tmp_path_factory, model_dir, tiny_bert_dir) -> Path:
         for index, image in enumerate(images(CHEST_XRAYS)):
             image.save(root / f"xray_{index}.png")
             file.write(f"xray_{index}.png,{['pneumonia', 'no finding'][index % 2]}\n")
+    # The fine-tuning section's classifier (a Hub repository in the README), a head on the tiny model's tower.
+    classifier_dir = root / "my-org" / "unimed-clip-chest-xray"
+    labels = ["no finding", "pneumonia"]
+    UniMedCLIPForImageClassification.from_pretrained(
+        model_dir, id2label=dict(enumerate(labels)), label2id={label: index for index, label in enumerate(labels)}
+    ).save_pretrained(classifier_dir)
+    UniMedCLIPProcessor.from_pretrained(model_dir).save_pretrained(classifier_dir)
     for folder in ("lung_aca", "lung_n", "lung_scc"):
         (root / "unimed-eval" / "LC25000_test" / folder).mkdir(parents=True)
         for index, image in enumerate(images(2)):
@@ -226,6 +238,7 @@ def test_readme_python_runs_in_a_fresh_interpreter(sandbox, hide_project):
     # The remote code from the model repository, never this package, even where it is installed.
     assert model["model_module"] == "transformers_modules"
     assert reports["The UniMed dataset"]["sample_modality"] == "xray"
+    assert reports["Fine-tuning: a classifier of your own labelled images"]["predictions"] == 2
     if not hide_project:
         assert model["embedding"] == [1, 24] and reports["The UniMed dataset"]["batch"][0] == 4
 
@@ -258,6 +271,11 @@ def test_readme_commands_run(sandbox, monkeypatch):
     own = json.loads((sandbox / "UniMed" / "manifest.json").read_text())["sources"]["my_chest_xrays"]
     assert own["samples"] == CHEST_XRAYS and own["modalities"] == {"xray": CHEST_XRAYS}
     assert (sandbox / "runs" / "b16" / "final" / "model.safetensors").is_file()
+    assert json.loads((sandbox / "runs" / "chest-xray" / "final" / "config.json").read_text())["label2id"] == {
+        "no finding": 0,
+        "pneumonia": 1,
+    }
+    assert ("my-org/unimed-clip-chest-xray", "model") in [upload[:2] for upload in FakeHfApi.uploads]
     assert "LC25000_lung" in json.loads((sandbox / "results" / "results.json").read_text())["results"]
     assert FakeHfApi.uploads[-1][:2] == ("unimed-clip/unimed-clip-vit-b16", "model")
     comparison = json.loads((sandbox / "comparison" / "comparison.json").read_text())

@@ -26,8 +26,9 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_demo_runs_end_to_end(tmp_path):
     result = run(str(ROOT / "demo.py"), "--output", str(tmp_path / "demo"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for stage in range(1, 8):
-        assert f"[{stage}/7]" in result.stdout
+    for stage in range(1, 9):
+        assert f"[{stage}/8]" in result.stdout
+    assert (tmp_path / "demo" / "classifier" / "final" / "model.safetensors").is_file()
     model_dir = tmp_path / "demo" / "run" / "final"
     card = (model_dir / "README.md").read_text()
     assert (model_dir / "model.safetensors").is_file() and "model-index:" in card and "from scratch" in card
@@ -35,7 +36,8 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script", ["bench_model.py", "bench_eval.py", "bench_data.py", "bench_train.py", "bench_processor.py"]
+    "script",
+    ["bench_model.py", "bench_eval.py", "bench_data.py", "bench_train.py", "bench_processor.py", "bench_finetune.py"],
 )
 def test_benchmark_scripts_start(tmp_path, script):
     result = run(str(ROOT / "bench" / script), "--help", cwd=tmp_path)

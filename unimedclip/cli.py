@@ -36,7 +36,7 @@ def usage(available: dict[str, EntryPoint]) -> str:
         + "\n".join(lines)
         + (
             "\n\n`unimedclip <command> --help` describes a command. Training and fine-tuning start with "
-            "`accelerate launch train.py` (see the README)."
+            "`accelerate launch train.py` and `accelerate launch finetune.py` (see the README)."
         )
     )
 
