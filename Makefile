@@ -2,7 +2,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: test demo bench mutation clean app browser
+.PHONY: test demo bench gpu-check mutation clean app browser
 
 $(INSTALLED): setup.py constraints.txt
 	python3 -m venv $(VENV)
@@ -20,11 +20,19 @@ bench: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_model.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_eval.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_data.py
-	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_train.py
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_train.py --threads 1 --rounds 5 --ours sdpa compile pooled
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_train.py --variant l14-336-base --batch-size 2 --threads 1 --rounds 3 \
+		--ours sdpa compile pooled pooled+compile
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_train.py --variant l14-336-base --batch-size 1 --threads 1 --rounds 5 \
+		--image-tower --ours sdpa pooled compile pooled+compile
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_processor.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_embed.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_search.py
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/bench_finetune.py
+
+# The training-throughput check on one GPU (about 7 minutes): bench/results/gpu_check/gpu_check.json and a table.
+gpu-check: $(INSTALLED)
+	bash bench/gpu_check.sh
 
 mutation: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PYTHON) tests/mutants.py

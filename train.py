@@ -17,42 +17,57 @@ those of one process on that batch (see unimedclip/training/loss.py).
 Checkpoints (`<output-dir>/checkpoints/step-N/`, atomic, newest `keep_checkpoints` kept) hold accelerate's state, every
 process's data-stream position and a transformers export in `model/`. The final model, its processor and a model card
 draft go to `<output-dir>/final/`.
+
+The host never waits for the device inside a step: batches arrive pinned and are copied without blocking, losses and
+counts stay on the device (unimedclip/training/interval.py) and are read once per logging interval, and before a
+checkpoint, an evaluation or the final export. A non-finite loss therefore stops the run at the next of those (at most
+`log_every` steps later), on every process, naming the step that produced it. Logged throughput: samples/s, caption
+tokens/s, model TFLOP/s and MFU (unimedclip/training/throughput.py), and the share of the time spent waiting for data.
 """
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from unimedclip.data import EmptyEpochError, UniMedCollator, load_unimed, normalize_pixels, unimed_dataloader
+from unimedclip.data.device_decode import DeviceDecodeCollator, DeviceDecodeStream, pixels_on_device
 from unimedclip.release.model_card import model_card_for_directory
 from unimedclip.training.checkpointing import (
     CheckpointWriteError,
     DataStreamState,
     DivergedWeightsError,
+    NonFiniteLossError,
     check_finite_weights,
-    list_checkpoints,
+    check_resume,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
-    set_aside_diverged,
+    stop_on_non_finite_loss,
     write_atomically,
 )
-from unimedclip.training.config import RESUMABLE_CHANGES, ConfigurationError, TrainingConfig, parse_args
+from unimedclip.training.config import (
+    RESUMABLE_CHANGES,
+    ConfigurationError,
+    TrainingConfig,
+    check_launch,
+    parse_args,
+)
+from unimedclip.training.interval import IntervalReading, IntervalRecord
 from unimedclip.training.loss import ContrastiveTrainingModel, create_loss
 from unimedclip.training.memory import peak_memory_gib
 from unimedclip.training.model import build_model_and_processor
 from unimedclip.training.optim import build_optimizer, build_scheduler
+from unimedclip.training.throughput import Throughput, peak_flops, training_flops_per_pair
 from unimedclip.training.uploads import BackgroundPusher
 from unimedclip.training.zero_shot_hook import ZeroShotHook
 
@@ -60,36 +75,12 @@ MAX_LOGIT_SCALE = math.log(100)
 logger = logging.getLogger("train")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
 def check_run_config(config: TrainingConfig) -> None:
     """Fields a run needs beyond `TrainingConfig.validate`, and a resumed run's agreement with the saved config."""
     missing = [name for name in ("data", "output_dir") if not getattr(config, name)]
     if missing:
         raise ConfigurationError(f"Training needs {' and '.join('--' + m.replace('_', '-') for m in missing)}.")
-    saved = Path(config.output_dir) / "config.yaml"
-    if config.resume and saved.is_file():
-        previous = yaml.safe_load(saved.read_text())
-        changed = {
-            key: (previous.get(key), value)
-            for key, value in dataclasses.asdict(config).items()
-            if key not in RESUMABLE_CHANGES and previous.get(key) != value
-        }
-        if changed:
-            raise ConfigurationError(
-                f"--resume continues the run in {config.output_dir} but these options changed: {changed}"
-            )
-    elif not config.resume and list_checkpoints(config.output_dir):
-        raise ConfigurationError(
-            f"{config.output_dir} already has checkpoints: pass --resume latest or a new --output-dir."
-        )
-    if config.resume:  # before the model and the data are set up, which takes minutes at full size
-        try:
-            resolve_resume(config.resume, config.output_dir)
-        except (FileNotFoundError, FileExistsError) as error:
-            raise ConfigurationError(str(error)) from None
+    check_resume(dataclasses.asdict(config), config.output_dir, config.resume, RESUMABLE_CHANGES)
 
 
 def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Path:
@@ -105,14 +96,9 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         step_scheduler_with_optimizer=False,
     )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        # torchrun without GPUs and without ACCELERATE_USE_CPU=1 would otherwise run independent trainings.
-        raise ConfigurationError(
-            f"Launched as {launched} processes but Accelerate runs {accelerator.num_processes}: on CPUs set "
-            "ACCELERATE_USE_CPU=1 (or use `accelerate launch --cpu`)."
-        )
-    accumulation = config.accumulation_steps(accelerator.num_processes)
+    check_launch(accelerator)
+    world_size = accelerator.num_processes
+    accumulation = config.accumulation_steps(world_size)
     if config.eval_every and accelerator.distributed_type == DistributedType.FSDP:
         raise ConfigurationError(
             "eval_every runs on the main process's full model, which FSDP shards; evaluate checkpoints."
@@ -130,7 +116,7 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
     if config.compile:
         model.vision_model.compile()
         model.text_model.compile()
-    loss_fn = create_loss(config.loss, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    loss_fn = create_loss(config.loss, rank=accelerator.process_index, world_size=world_size)
     training_model = ContrastiveTrainingModel(model, loss_fn)
     optimizer = build_optimizer(training_model, config, accelerator.device)
     scheduler = build_scheduler(optimizer, config)
@@ -146,18 +132,35 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
         seed=config.seed,
         image_size=image_size,
         rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
+        world_size=world_size,
     )
+    collate_fn = UniMedCollator(processor.tokenizer)
+    if config.decode_on_device:  # the workers parse JPEG headers and draw the crops; the GPU decodes
+        dataset, collate_fn = DeviceDecodeStream(dataset), DeviceDecodeCollator(collate_fn)
     # Its own generator: a new iterator draws a seed from it, not from the global RNG the checkpoints restore.
     loader = unimed_dataloader(
         dataset,
         config.micro_batch_size,
         config.num_workers,
-        UniMedCollator(processor.tokenizer),
+        collate_fn,
         generator=torch.Generator().manual_seed(config.seed + accelerator.process_index),
+        pin_memory=accelerator.device.type == "cuda",
     )
     data_state = DataStreamState(loader, dataset)
-    mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
+    image_processor = processor.image_processor
+    pixel_mean = torch.tensor(image_processor.image_mean, device=accelerator.device)
+    pixel_std = torch.tensor(image_processor.image_std, device=accelerator.device)
+
+    # Throughput: model FLOPs at each micro-batch's caption length, against the devices' peak.
+    flops_per_pair = functools.partial(
+        training_flops_per_pair,
+        unwrapped.config,
+        negatives=config.micro_batch_size * world_size,
+        train_image=not config.lock_image,
+        train_text=not config.lock_text,
+    )
+    peak = peak_flops(accelerator.device, config.peak_tflops)
+    record = IntervalRecord(config.log_every, accumulation, accelerator.device)
 
     step = 0
     if config.resume:
@@ -174,6 +177,13 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
             weights = {key.removeprefix("model."): value for key, value in state_dict.items()}
             unwrapped.save_pretrained(directory, state_dict=weights)
             processor.save_pretrained(directory)
+
+    def stop_if_diverged(reading: IntervalReading, first_step: int) -> None:
+        if (diverged_at := reading.first_non_finite()) is None:
+            return
+        offset, loss = diverged_at
+        bad_step = first_step + offset + 1
+        stop_on_non_finite_loss(accelerator, output_dir, bad_step, loss)
 
     def checkpoint() -> None:
         check_finite_weights(accelerator, training_model, step)
@@ -196,39 +206,29 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
         pusher = BackgroundPusher(config.push_to_hub)
     accelerator.init_trackers("unimed-clip", {k: str(v) for k, v in dataclasses.asdict(config).items()})
     logger.info(
-        f"{accelerator.num_processes} process(es) x {config.micro_batch_size} pairs x {accumulation} accumulation "
+        f"{world_size} process(es) x {config.micro_batch_size} pairs x {accumulation} accumulation "
         f"= global batch {config.batch_size}; steps {step} -> {config.total_steps}"
     )
     batches = micro_batches()
     progress = tqdm(initial=step, total=config.total_steps, disable=not accelerator.is_main_process, unit="step")
-    interval_start, interval_steps, interval_loss = time.perf_counter(), 0, 0.0
+    interval_start, interval_first_step, data_wait = time.perf_counter(), step, 0.0
     try:
         while step < config.total_steps:
-            step_loss = 0.0
             for micro_step in range(accumulation):
+                waited = time.perf_counter()
                 batch = next(batches)
-                pixel_values = normalize_pixels(batch["pixel_values"].to(accelerator.device), mean, std)
+                data_wait += time.perf_counter() - waited
+                # Pinned batches copied without waiting: the step queues its work and moves on.
+                pixel_values = pixels_on_device(batch, image_size, accelerator.device)
+                pixel_values = normalize_pixels(pixel_values, pixel_mean, pixel_std)
+                input_ids = batch["input_ids"].to(accelerator.device, non_blocking=True)
+                attention_mask = batch["attention_mask"].to(accelerator.device, non_blocking=True)
                 last = micro_step == accumulation - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(training_model):
-                    loss, logit_scale = training_model(
-                        pixel_values,
-                        batch["input_ids"].to(accelerator.device),
-                        batch["attention_mask"].to(accelerator.device),
-                    )
-                    global_loss = accelerator.reduce(loss.detach(), "mean").item()
-                    if not math.isfinite(global_loss):
-                        # The weights after `step` updates gave it: a checkpoint of them is no good to resume.
-                        diverged = set_aside_diverged(output_dir, step) if accelerator.is_main_process else []
-                        accelerator.wait_for_everyone()
-                        latest = list_checkpoints(output_dir)
-                        raise NonFiniteLossError(
-                            f"Loss is {global_loss} at step {step + 1}; stopping. Last good checkpoint: "
-                            f"{latest[-1] if latest else 'none'}"
-                            + (f"; set aside as diverged: {', '.join(d.name for d in diverged)}" if diverged else "")
-                            + "."
-                        )
+                    loss, logit_scale = training_model(pixel_values, input_ids, attention_mask)
                     accelerator.backward(loss / accumulation)
-                step_loss += global_loss / accumulation
+                flops = flops_per_pair(text_length=input_ids.shape[1]) * len(input_ids)
+                record.add(micro_step, loss, attention_mask, logit_scale, flops)
             lr = scheduler.get_last_lr()[0]  # the rate of this step; `scheduler.step()` moves to the next one
             optimizer.step()
             scheduler.step()
@@ -236,32 +236,42 @@ def train(config: TrainingConfig, pusher: BackgroundPusher | None = None) -> Pat
             with torch.no_grad():
                 unwrapped.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             step += 1
+            record.end_step()
             progress.update()
-            interval_steps, interval_loss = interval_steps + 1, interval_loss + step_loss
 
-            if step % config.log_every == 0 or step == config.total_steps:
-                seconds = (time.perf_counter() - interval_start) / interval_steps
+            logging_now = step % config.log_every == 0 or step == config.total_steps
+            evaluating = bool(config.eval_every) and step % config.eval_every == 0
+            checkpointing = step % config.checkpoint_every == 0 or step == config.total_steps
+            if logging_now or evaluating or checkpointing:
+                reading = record.read(accelerator)  # the one host synchronisation
+                stop_if_diverged(reading, interval_first_step)
+            if logging_now:
+                seconds = time.perf_counter() - interval_start
+                pairs = record.steps * config.batch_size
+                throughput = Throughput(seconds, record.steps, pairs, reading.tokens, reading.flops, world_size)
                 metrics = {
-                    "train/loss": interval_loss / interval_steps,
+                    "train/loss": reading.mean_loss,
                     "train/lr": lr,
-                    "train/logit_scale": logit_scale.item(),
-                    "perf/step_time_s": seconds,
-                    "perf/samples_per_s": config.batch_size / seconds,
-                    "perf/samples_per_s_per_device": config.batch_size / seconds / accelerator.num_processes,
+                    "train/logit_scale": reading.logit_scale,
+                    **throughput.metrics(peak),
+                    "perf/data_wait_fraction": data_wait / seconds,
                     "perf/peak_memory_gib": peak_memory_gib(accelerator.device),
                     **{f"data/skipped_{reason}": count for reason, count in loader.skipped_samples.items()},
                 }
                 accelerator.log(metrics, step=step)
                 progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
-                interval_start, interval_steps, interval_loss = time.perf_counter(), 0, 0.0
-            if config.eval_every and step % config.eval_every == 0:
+                record.reset()
+                interval_start, interval_first_step, data_wait = time.perf_counter(), step, 0.0
+            paused = time.perf_counter()
+            if evaluating:
                 if eval_hook is not None:
                     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
                     dtype = dtypes.get(accelerator.mixed_precision, torch.float32)
                     accelerator.log(eval_hook(unwrapped, processor, dtype), step=step)
                 accelerator.wait_for_everyone()
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
+            if checkpointing:
                 checkpoint()
+            interval_start += time.perf_counter() - paused  # evaluating and checkpointing is not training time
 
         def export_final(directory: Path) -> None:
             export_model(directory)

@@ -8,17 +8,26 @@ decode, crop and resize before the RGB conversion of grayscale images, captions 
 Throughput is samples per second of process CPU time (all threads), i.e. per core.
 
     python bench/bench_data.py [--samples 1536] [--image-size 224] [--batch-size 64]
+
+With --loader-workers, the loader alone as train.py runs it instead: wall-clock samples/s with that many DataLoader
+workers (`--decode-on-device`: also with the JPEGs decoded on `--device`), to set against the training step alone
+(bench/bench_train.py); bench/gpu_check.sh compares the two. `--data DIR` keeps the shards and a tokenizer for
+`train.py --data DIR --tokenizer DIR/tokenizer`.
 """
 
 import argparse
 import io
 import json
+import math
 import random
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import yaml
 
 WORDS = (
     "chest radiograph shows a right lower lobe opacity with small pleural effusion no pneumothorax heart size normal "
@@ -27,41 +36,54 @@ WORDS = (
 ).split()
 
 
-def write_shards(root: Path, samples: int, shard_size: int, short_side: int) -> list[str]:
-    """Shards in the UniMed layout (`<key>.image`, `<key>.json`) plus a card, so both pipelines read the same files."""
+def write_shard(path: Path, indices: range, short_side: int) -> None:
+    """One shard of samples `indices`, each drawn from a generator seeded with its shard's first index."""
     import numpy as np
     from PIL import Image, ImageFilter
 
-    rng = np.random.default_rng(0)
-    urls = []
-    for shard in range(0, samples, shard_size):
-        path = root / "data" / "xray" / f"xray-{shard // shard_size:06d}.tar"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(path, "w") as tar:
-            for index in range(shard, min(shard + shard_size, samples)):
-                long_side = int(short_side * rng.uniform(1.0, 1.5))
-                size = (long_side, short_side) if index % 2 else (short_side, long_side)
-                mode = "L" if index % 5 < 2 else "RGB"
-                # Smooth noise compresses like a scan rather than like white noise.
-                noise = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 1 if mode == "L" else 3), dtype=np.uint8)
-                image = Image.fromarray(noise.squeeze(-1) if mode == "L" else noise, mode).resize(size)
-                buffer = io.BytesIO()
-                image.filter(ImageFilter.GaussianBlur(2)).save(buffer, "JPEG", quality=90)
-                captions = [" ".join(rng.choice(WORDS, int(rng.integers(8, 60)))) for _ in range(10)]
-                record = {"source": "chexpert", "modality": "xray", "captions": captions, "report": None}
-                record |= {"labels": [], "license": "open", "path": f"{index}.jpg"}
-                for name, data in (
-                    (f"{index:08d}.image", buffer.getvalue()),
-                    (f"{index:08d}.json", json.dumps(record)),
-                ):
-                    data = data.encode() if isinstance(data, str) else data
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        urls.append(str(path))
-    card = "configs:\n- config_name: xray\n  data_files:\n  - split: train\n    path: data/xray/*.tar\n"
-    (root / "README.md").write_text(f"---\n{card}---\n")
-    return urls
+    from unimedclip.data.records import make_record
+    from unimedclip.data.sources import get_source
+
+    rng = np.random.default_rng(indices.start)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for index in indices:
+            long_side = int(short_side * rng.uniform(1.0, 1.5))
+            size = (long_side, short_side) if index % 2 else (short_side, long_side)
+            mode = "L" if index % 5 < 2 else "RGB"
+            # Smooth noise compresses like a scan rather than like white noise.
+            noise = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 1 if mode == "L" else 3), dtype=np.uint8)
+            image = Image.fromarray(noise.squeeze(-1) if mode == "L" else noise, mode).resize(size)
+            buffer = io.BytesIO()
+            image.filter(ImageFilter.GaussianBlur(2)).save(buffer, "JPEG", quality=90)
+            captions = [" ".join(rng.choice(WORDS, int(rng.integers(8, 60)))) for _ in range(10)]
+            record = make_record(
+                get_source("chexpert"), modality="xray", captions=captions, report=None, labels=[],
+                path=f"{index}.jpg", resized_from=None,
+            )  # fmt: skip
+            for name, data in ((f"{index:08d}.image", buffer.getvalue()), (f"{index:08d}.json", json.dumps(record))):
+                data = data.encode() if isinstance(data, str) else data
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(root: Path, samples: int, shard_size: int, short_side: int) -> list[str]:
+    """Shards in the UniMed layout (`<key>.image`, `<key>.json`) plus a card, so both pipelines read the same files;
+    written by one process per CPU core."""
+    paths = [root / "data" / "xray" / f"xray-{shard:06d}.tar" for shard in range(math.ceil(samples / shard_size))]
+    ranges = [range(start, min(start + shard_size, samples)) for start in range(0, samples, shard_size)]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(write_shard, paths, ranges, [short_side] * len(paths)))
+    card = {
+        "configs": [{"config_name": "xray", "data_files": [{"split": "train", "path": "data/xray/*.tar"}]}],
+        # The sample count lets `load_unimed` mix by size, as train.py does.
+        "dataset_info": [
+            {"config_name": "xray", "splits": [{"name": "train", "num_bytes": 0, "num_examples": samples}]}
+        ],
+    }
+    (root / "README.md").write_text(f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n")
+    return [str(path) for path in paths]
 
 
 def make_tokenizer():
@@ -118,7 +140,49 @@ def measure(batches: Iterable) -> tuple[int, float, float]:
     return samples, time.process_time() - cpu, time.perf_counter() - wall
 
 
-def main() -> None:
+def loader_throughput(
+    root: Path, image_size: int, batch_size: int, tokenizer, workers: int, on_device: bool, device
+) -> float:
+    """The loader alone, as train.py builds it: wall-clock samples/s of one pass with `workers` DataLoader workers,
+    counted from the first batch (worker start-up excluded), up to uint8 images on `device` (decoded there if
+    `on_device`)."""
+    import torch
+
+    from unimedclip.data import UniMedCollator, load_unimed, unimed_dataloader
+    from unimedclip.data.device_decode import DeviceDecodeCollator, DeviceDecodeStream, pixels_on_device
+
+    dataset, collate_fn = load_unimed(str(root), image_size=image_size), UniMedCollator(tokenizer)
+    if on_device:
+        dataset, collate_fn = DeviceDecodeStream(dataset), DeviceDecodeCollator(collate_fn)
+    loader = unimed_dataloader(dataset, batch_size, workers, collate_fn, pin_memory=device.type == "cuda")
+    samples, started = 0, None
+    for batch in loader:
+        pixels_on_device(batch, image_size, device)
+        if started is None:
+            started = time.perf_counter()
+        else:
+            samples += len(batch["input_ids"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return samples / (time.perf_counter() - started)
+
+
+def loader_report(args: argparse.Namespace, root: Path, tokenizer) -> dict:
+    import torch
+
+    results = {}
+    for workers in args.loader_workers:
+        for on_device in (False, True) if args.decode_on_device else (False,):
+            name = f"{workers} workers, {'device' if on_device else 'worker'} decoding"
+            rate = loader_throughput(
+                root, args.image_size, args.batch_size, tokenizer, workers, on_device, torch.device(args.device)
+            )
+            results[name] = {"workers": workers, "decode_on_device": on_device, "samples_per_s": rate}
+            print(f"loader alone, {name}: {rate:.1f} samples/s")
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=1536, help="synthetic samples to write and read")
     parser.add_argument("--shard-size", type=int, default=256, help="samples per shard")
@@ -126,17 +190,38 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224, help="training crop size")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="passes per pipeline, alternating; the best counts")
-    args = parser.parse_args()
+    parser.add_argument("--data", type=Path, help="keep the shards (and a tokenizer) here; reused if present")
+    parser.add_argument(
+        "--loader-workers", type=int, nargs="+", help="measure the loader alone with these numbers of workers"
+    )
+    parser.add_argument("--decode-on-device", action="store_true", help="with --loader-workers: also the GPU path")
+    parser.add_argument("--device", default="cpu", help="where --loader-workers delivers the images")
+    parser.add_argument("--output", type=Path, help="JSON of the --loader-workers figures")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     import torch
 
     torch.set_num_threads(1)
     tokenizer = make_tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        started = time.perf_counter()
-        urls = write_shards(root, args.samples, args.shard_size, args.short_side)
-        print(f"wrote {args.samples} samples in {len(urls)} shards in {time.perf_counter() - started:.1f} s")
+        root = args.data or Path(tmp)
+        if (root / "README.md").is_file():
+            urls = sorted(str(path) for path in (root / "data" / "xray").glob("*.tar"))
+        else:
+            started = time.perf_counter()
+            urls = write_shards(root, args.samples, args.shard_size, args.short_side)
+            tokenizer.save_pretrained(root / "tokenizer")
+            print(f"wrote {args.samples} samples in {len(urls)} shards in {time.perf_counter() - started:.1f} s")
+        if args.loader_workers:
+            results = loader_report(args, root, tokenizer)
+            if args.output:
+                args.output.parent.mkdir(parents=True, exist_ok=True)
+                args.output.write_text(json.dumps({"device": args.device, "loader": results}, indent=2) + "\n")
+            return
         pipelines = {
             "webdataset (original steps)": lambda: baseline_batches(urls, args.image_size, args.batch_size, tokenizer),
             "load_unimed + UniMedCollator": lambda: our_batches(root, args.image_size, args.batch_size, tokenizer),

@@ -191,6 +191,34 @@ MUTANTS = [
         "if True:",
         ("tests/test_train.py -k rotation",),
     ),
+    Mutant(
+        "interval losses not averaged over the processes",
+        "unimedclip/training/interval.py",
+        "losses = [loss / processes for loss in total[: self.steps * accumulation]]",
+        "losses = list(total[: self.steps * accumulation])",
+        ("tests/test_throughput.py -k interval_record",),
+    ),
+    Mutant(
+        "non-finite loss reported one step late",
+        "train.py",
+        "bad_step = first_step + offset + 1",
+        "bad_step = first_step + offset + 2",
+        ("tests/test_train.py -k nan", "tests/test_throughput.py -k non_finite"),
+    ),
+    Mutant(
+        "attention FLOPs halved",
+        "unimedclip/training/throughput.py",
+        "8 * n * d * d + 4 * n * d * f + 4 * n * n * d",
+        "8 * n * d * d + 4 * n * d * f + 2 * n * n * d",
+        ("tests/test_throughput.py -k flop_counter",),
+    ),
+    Mutant(
+        "device decoding draws its crop box from another generator",
+        "unimedclip/data/device_decode.py",
+        '"crop_box": random_resized_crop_box(*size, rng),',
+        '"crop_box": random_resized_crop_box(*size, random.Random(0)),',
+        ("tests/test_throughput.py -k device_decode_stream",),
+    ),
 ]
 
 

@@ -2,7 +2,7 @@
 
 Data flows one way: raw sources -> shards (`dataset_scripts/`, writing `records` and `manifest`) -> `load_unimed`
 (`tar_reader`, then per sample `records` and `transforms`, mixed and split in `stream`) -> batches (`collate`,
-`loader`) -> the model.
+`loader`) -> the model. On hosts with few CPU cores per GPU, `device_decode` leaves JPEGs undecoded for the GPU.
 
     dataset = load_unimed("<user>/UniMed", rank=rank, world_size=world_size)
     loader = unimed_dataloader(dataset, batch_size=128, num_workers=8, collate_fn=UniMedCollator(tokenizer))

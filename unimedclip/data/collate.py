@@ -22,18 +22,19 @@ class UniMedCollator:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
-    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        if not samples:
+    def tokenize(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`input_ids` and `attention_mask` (int64) of the cleaned captions."""
+        if not captions:
             raise ValueError("Cannot collate an empty list of samples.")
         text = self.tokenizer(
-            [clean_text(sample["caption"]) for sample in samples],
+            [clean_text(caption) for caption in captions],
             padding="longest",
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
         )
-        return {
-            "pixel_values": torch.stack([sample["pixel_values"] for sample in samples]),
-            "input_ids": text["input_ids"].long(),
-            "attention_mask": text["attention_mask"].long(),
-        }
+        return {"input_ids": text["input_ids"].long(), "attention_mask": text["attention_mask"].long()}
+
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        text = self.tokenize([sample["caption"] for sample in samples])
+        return {"pixel_values": torch.stack([sample["pixel_values"] for sample in samples]), **text}

@@ -19,7 +19,7 @@ import io
 import random
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -41,8 +41,26 @@ def _sample_rng(seed: int, epoch: int, url: str, key: str) -> random.Random:
     return random.Random(f"{seed}:{epoch}:{url.rsplit('/', 1)[-1]}:{key}")
 
 
-def process_sample(raw: dict[str, Any], seed: int, epoch: int, image_size: int) -> tuple[str | None, dict]:
-    """(None, sample) for a usable raw sample, else (the reason it is skipped, {})."""
+# (image bytes, image size, the sample's generator) -> the sample's image fields, or None for an unreadable image.
+ImageStep = Callable[[bytes, int, random.Random], dict[str, Any] | None]
+
+
+def decode_and_crop(image_bytes: bytes, image_size: int, rng: random.Random) -> dict[str, Any] | None:
+    """The image step of `process_sample` on the CPU: {"pixel_values": uint8 (3, S, S)}, or None when PIL cannot
+    read the bytes."""
+    try:
+        with Image.open(io.BytesIO(image_bytes)) as image:
+            return {"pixel_values": train_transform(image, image_size, rng)}
+    except Exception:  # PIL raises many exception types on malformed or hostile image bytes
+        return None
+
+
+def process_sample(
+    raw: dict[str, Any], seed: int, epoch: int, image_size: int, image_step: ImageStep = decode_and_crop
+) -> tuple[str | None, dict]:
+    """(None, sample) for a usable raw sample, else (the reason it is skipped, {}). `image_step(bytes, image_size,
+    rng)` gives the sample's image fields from the per-sample generator after the caption's draws, or None for an
+    unreadable image."""
     if raw["error"] is not None:
         return raw["error"], {}
     if raw[IMAGE_FIELD] is None or raw[RECORD_FIELD] is None:
@@ -55,13 +73,11 @@ def process_sample(raw: dict[str, Any], seed: int, epoch: int, image_size: int) 
         return "bad_record", {}
     if not caption:
         return "no_caption", {}
-    try:
-        with Image.open(io.BytesIO(raw[IMAGE_FIELD])) as image:
-            pixel_values = train_transform(image, image_size, rng)
-    except Exception:  # PIL raises many exception types on malformed or hostile image bytes
+    image = image_step(raw[IMAGE_FIELD], image_size, rng)
+    if image is None:
         return "bad_image", {}
     return None, {
-        "pixel_values": pixel_values,
+        **image,
         "caption": caption,
         "source": record["source"],
         "modality": record["modality"],
@@ -73,8 +89,8 @@ class UniMedStream(torch.utils.data.IterableDataset):
     """The training samples of `load_unimed`: raw shard samples decoded, captioned and cropped, the unusable ones
     skipped and counted in `skipped_samples`. Resumable: its state is the raw stream's position."""
 
-    def __init__(self, raw: IterableDataset, seed: int, image_size: int):
-        self.raw, self.seed, self.image_size = raw, seed, image_size
+    def __init__(self, raw: IterableDataset, seed: int, image_size: int, image_step: ImageStep = decode_and_crop):
+        self.raw, self.seed, self.image_size, self.image_step = raw, seed, image_size, image_step
         self.skipped_samples: Counter[str] = Counter()
 
     @property
@@ -93,7 +109,7 @@ class UniMedStream(torch.utils.data.IterableDataset):
     def processed(self) -> Iterator[tuple[str | None, dict]]:
         """(skip reason, {}) or (None, sample) for every raw sample of this process (or DataLoader worker)."""
         for raw in self.raw:
-            yield process_sample(raw, self.seed, self.epoch, self.image_size)
+            yield process_sample(raw, self.seed, self.epoch, self.image_size, self.image_step)
 
     def __iter__(self) -> Iterator[dict]:
         for reason, sample in self.processed():

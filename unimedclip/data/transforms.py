@@ -51,15 +51,18 @@ def train_transform(image: Image.Image, image_size: int, rng: random.Random) -> 
 
 def normalize_pixels(
     pixel_values: torch.Tensor,
-    mean: Sequence[float] = OPENAI_CLIP_MEAN,
-    std: Sequence[float] = OPENAI_CLIP_STD,
+    mean: Sequence[float] | torch.Tensor = OPENAI_CLIP_MEAN,
+    std: Sequence[float] | torch.Tensor = OPENAI_CLIP_STD,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """uint8 images (..., 3, H, W) to normalised `dtype` pixels, on their device (the training GPU)."""
+    """uint8 images (..., 3, H, W) to normalised `dtype` pixels, on their device (the training GPU).
+
+    Pass `mean` and `std` as tensors on that device in a training loop: from Python numbers they are copied to the
+    device on every call, and such a copy waits for the device."""
     if pixel_values.dtype != torch.uint8 or pixel_values.ndim < 3 or pixel_values.shape[-3] != 3:
         raise ValueError(
             f"Expected uint8 pixel values shaped (..., 3, H, W); got {pixel_values.dtype} {tuple(pixel_values.shape)}."
         )
-    mean = torch.tensor(mean, dtype=dtype, device=pixel_values.device).view(3, 1, 1)
-    std = torch.tensor(std, dtype=dtype, device=pixel_values.device).view(3, 1, 1)
+    mean = torch.as_tensor(mean, dtype=dtype, device=pixel_values.device).view(3, 1, 1)
+    std = torch.as_tensor(std, dtype=dtype, device=pixel_values.device).view(3, 1, 1)
     return (pixel_values.to(dtype) / 255 - mean) / std

@@ -10,9 +10,10 @@ state.py      what a checkpoint keeps of the run: results before training, valid
 run.py        the run on Accelerate: training, checkpoints and resume, the final model, card and upload
 """
 
+from ..training.checkpointing import NonFiniteLossError
 from .config import FinetuneConfig, parse_args
 from .data import DataError
 from .model import ModelError
-from .run import NonFiniteLossError, finetune
+from .run import finetune
 
 __all__ = ["DataError", "FinetuneConfig", "ModelError", "NonFiniteLossError", "finetune", "parse_args"]

@@ -19,13 +19,11 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, set_seed
 from torch.optim.lr_scheduler import LambdaLR
@@ -39,14 +37,14 @@ from ..release.classifier_card import render_classifier_card
 from ..training.checkpointing import (
     DataStreamState,
     check_finite_weights,
-    list_checkpoints,
+    check_resume,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
-    set_aside_diverged,
+    stop_on_non_finite_loss,
     write_atomically,
 )
-from ..training.config import ConfigurationError
+from ..training.config import ConfigurationError, check_launch
 from ..training.memory import peak_memory_gib
 from ..training.optim import build_optimizer, lr_factor
 from ..training.uploads import BackgroundPusher
@@ -59,35 +57,6 @@ from .state import RunState
 from .wise_ft import choose_coefficient, interpolate
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-def check_run_config(config: FinetuneConfig) -> None:
-    """A resumed run must agree with the saved configuration; a new run must not overwrite checkpoints."""
-    saved = Path(config.output_dir) / "config.yaml"
-    if config.resume and saved.is_file():
-        previous = yaml.safe_load(saved.read_text())
-        changed = {
-            key: (previous.get(key), value)
-            for key, value in dataclasses.asdict(config).items()
-            if key not in RESUMABLE_CHANGES and previous.get(key) != value
-        }
-        if changed:
-            raise ConfigurationError(
-                f"--resume continues the run in {config.output_dir} but these options changed: {changed}"
-            )
-    elif not config.resume and list_checkpoints(config.output_dir):
-        raise ConfigurationError(
-            f"{config.output_dir} already has checkpoints: pass --resume latest or a new --output-dir."
-        )
-    if config.resume:
-        try:
-            resolve_resume(config.resume, config.output_dir)
-        except (FileNotFoundError, FileExistsError) as error:
-            raise ConfigurationError(str(error)) from None
 
 
 def batch_layout(config: FinetuneConfig, world_size: int) -> tuple[int, int]:
@@ -174,7 +143,7 @@ def finetune(config: FinetuneConfig, pusher: BackgroundPusher | None = None) -> 
 
     `pusher` uploads checkpoints when `push_to_hub` is set; default: a `BackgroundPusher` with the real Hub API.
     """
-    check_run_config(config)
+    check_resume(dataclasses.asdict(config), config.output_dir, config.resume, RESUMABLE_CHANGES)
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -182,12 +151,7 @@ def finetune(config: FinetuneConfig, pusher: BackgroundPusher | None = None) -> 
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         step_scheduler_with_optimizer=False,
     )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise ConfigurationError(
-            f"Launched as {launched} processes but Accelerate runs {accelerator.num_processes}: on CPUs set "
-            "ACCELERATE_USE_CPU=1 (or use `accelerate launch --cpu`)."
-        )
+    check_launch(accelerator)
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ConfigurationError("Fine-tuning runs with one copy of the model per device (DDP), not FSDP/DeepSpeed.")
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
@@ -324,15 +288,7 @@ def finetune(config: FinetuneConfig, pusher: BackgroundPusher | None = None) -> 
                     loss = F.cross_entropy(logits.float(), labels.to(device), weight=weights)
                     global_loss = accelerator.reduce(loss.detach(), "mean").item()
                     if not math.isfinite(global_loss):
-                        diverged = set_aside_diverged(output_dir, step) if main else []
-                        accelerator.wait_for_everyone()
-                        latest = list_checkpoints(output_dir)
-                        raise NonFiniteLossError(
-                            f"Loss is {global_loss} at step {step + 1}; stopping. Last good checkpoint: "
-                            f"{latest[-1] if latest else 'none'}"
-                            + (f"; set aside as diverged: {', '.join(d.name for d in diverged)}" if diverged else "")
-                            + "."
-                        )
+                        stop_on_non_finite_loss(accelerator, output_dir, step + 1, global_loss)
                     accelerator.backward(loss / accumulation)
                 step_loss += global_loss / accumulation
             if config.max_grad_norm:

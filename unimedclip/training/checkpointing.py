@@ -18,10 +18,14 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from safetensors import SafetensorError
+
+from .config import ConfigurationError
 
 CHECKPOINT_PREFIX = "step-"
 DIVERGED_PREFIX = "diverged-"
@@ -117,6 +121,24 @@ def check_finite_weights(accelerator: Accelerator, model: torch.nn.Module, step:
         raise DivergedWeightsError(f"The weights after step {step} hold non-finite values; not writing them.")
 
 
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def stop_on_non_finite_loss(accelerator: Accelerator, output_dir: str | Path, bad_step: int, loss: float) -> None:
+    """On every process, after a non-finite `loss` at optimizer step `bad_step` (counted from 1): set the checkpoints
+    of the weights that gave it aside (from step `bad_step - 1` on) and raise NonFiniteLossError naming the last good
+    checkpoint."""
+    diverged = set_aside_diverged(output_dir, bad_step - 1) if accelerator.is_main_process else []
+    accelerator.wait_for_everyone()
+    latest = list_checkpoints(output_dir)
+    raise NonFiniteLossError(
+        f"Loss is {loss} at step {bad_step}; stopping. Last good checkpoint: {latest[-1] if latest else 'none'}"
+        + (f"; set aside as diverged: {', '.join(d.name for d in diverged)}" if diverged else "")
+        + "."
+    )
+
+
 def set_aside_diverged(output_dir: str | Path, first_bad_step: int) -> list[Path]:
     """Rename the checkpoints from `first_bad_step` on to `diverged-step-*`: their weights led to a non-finite loss,
     so `--resume latest` must not pick them, but they are kept for inspection. Returns the new paths."""
@@ -161,6 +183,31 @@ def save_checkpoint(
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def check_resume(config: dict[str, Any], output_dir: str | Path, resume: str | None, resumable: set[str]) -> None:
+    """Before a run sets anything up: a resumed run's options (`config`, as saved in `<output_dir>/config.yaml`) must
+    agree with the saved ones except for the `resumable` fields, and its checkpoint must exist; a new run must not
+    write over checkpoints. Raises ConfigurationError naming what is wrong."""
+    saved = Path(output_dir) / "config.yaml"
+    if resume and saved.is_file():
+        previous = yaml.safe_load(saved.read_text())
+        changed = {
+            key: (previous.get(key), value)
+            for key, value in config.items()
+            if key not in resumable and previous.get(key) != value
+        }
+        if changed:
+            raise ConfigurationError(
+                f"--resume continues the run in {output_dir} but these options changed: {changed}"
+            )
+    elif not resume and list_checkpoints(output_dir):
+        raise ConfigurationError(f"{output_dir} already has checkpoints: pass --resume latest or a new --output-dir.")
+    if resume:
+        try:
+            resolve_resume(resume, output_dir)
+        except (FileNotFoundError, FileExistsError) as error:
+            raise ConfigurationError(str(error)) from None
 
 
 def resolve_resume(resume: str, output_dir: str | Path) -> Path:

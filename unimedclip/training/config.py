@@ -5,12 +5,14 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from accelerate import Accelerator
 from accelerate.utils import LoggerType, PrecisionType
 
 from ..modalities import DATA_MODALITIES
@@ -45,6 +47,7 @@ RESUMABLE_CHANGES = {
     "output_dir",
     "resume",
     "log_every",
+    "peak_tflops",
     "checkpoint_every",
     "keep_checkpoints",
     "num_workers",
@@ -58,6 +61,17 @@ RESUMABLE_CHANGES = {
 
 class ConfigurationError(ValueError):
     """An invalid training option, reported before anything starts."""
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """The launcher's process count must be accelerate's: torchrun without GPUs and without ACCELERATE_USE_CPU=1 would
+    otherwise run independent trainings."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ConfigurationError(
+            f"Launched as {launched} processes but Accelerate runs {accelerator.num_processes}: on CPUs set "
+            "ACCELERATE_USE_CPU=1 (or use `accelerate launch --cpu`)."
+        )
 
 
 @dataclass
@@ -89,6 +103,10 @@ class TrainingConfig:
     batch_size: int = field(default=2048, metadata={"help": "Global batch: pairs per optimizer step."})
     micro_batch_size: int = field(default=128, metadata={"help": "Pairs per device per forward pass."})
     num_workers: int = 8
+    decode_on_device: bool = field(
+        default=False,
+        metadata={"help": "Decode and crop JPEGs on the GPU (nvJPEG); the workers only read headers and captions."},
+    )
 
     # Optimisation
     loss: str = field(default="infonce", metadata={"help": f"Contrastive loss: {', '.join(LOSSES)}."})
@@ -111,6 +129,10 @@ class TrainingConfig:
     output_dir: str | None = None
     resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint directory."})
     log_every: int = 10
+    peak_tflops: float | None = field(
+        default=None,
+        metadata={"help": "Peak dense bf16 TFLOP/s of one device, for MFU; default: known GPUs' data sheets."},
+    )
     checkpoint_every: int = 1000
     keep_checkpoints: int = field(default=3, metadata={"help": "Keep the newest K step checkpoints."})
     report_to: list[str] = field(
@@ -181,6 +203,8 @@ class TrainingConfig:
             errors.append(f"report_to 'none' excludes other trackers, got {self.report_to}")
         if self.architecture not in ARCHITECTURES:
             errors.append(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.peak_tflops is not None and not (self.peak_tflops > 0 and math.isfinite(self.peak_tflops)):
+            errors.append(f"peak_tflops must be a positive number, got {self.peak_tflops}")
         if self.image_size is not None and self.image_size <= 0:
             errors.append(f"image_size must be positive, got {self.image_size}")
         if not self.pretrained and bool(self.vision) != bool(self.text):

@@ -68,6 +68,10 @@ class ContrastiveTrainingModel(nn.Module):
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logit scale exp(logit_scale), detached)."""
+        if self.model.text_model.config._attn_implementation == "sdpa":
+            # transformers passes a 4D mask to SDPA as given; a 2D one it first checks for padding
+            # (`padding_mask.all()`), which makes the host wait for the device in every step.
+            attention_mask = attention_mask[:, None, None, :].bool()
         outputs = self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
         scale = self.model.logit_scale.exp()
         return self.loss(outputs.image_embeds, outputs.text_embeds, scale), scale.detach()
