@@ -67,7 +67,7 @@ setup(
         "peft": ["peft>=0.17"],
         # The Space (app/): Gradio at the version app/README.md declares to Hugging Face (tests/test_app.py checks).
         "app": ["gradio==6.31.0"],
-        # `unimedclip search` uses a FAISS index through datasets when FAISS is installed, exact NumPy search otherwise.
+        # `unimedclip search` uses a FAISS index through datasets when FAISS is installed, else exact NumPy search.
         "faiss": ["faiss-cpu>=1.8"],
         # open_clip_torch is the independent reference implementation for the parity tests and benchmarks;
         # Playwright drives the system's Chromium in the app's browser tests (its own browser downloads are not used).

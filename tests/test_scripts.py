@@ -1,6 +1,9 @@
 """The scripts behind `make demo` and `make bench` keep working."""
 
+import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +38,100 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "AutoModel agrees: False" not in result.stdout and "AutoModel agrees: True" in result.stdout
 
 
-@pytest.mark.parametrize(
-    "script",
-    ["bench_model.py", "bench_eval.py", "bench_data.py", "bench_train.py", "bench_processor.py", "bench_finetune.py"],
-)
-def test_benchmark_scripts_start(tmp_path, script):
+# Each benchmark at its smallest size (about four minutes together): the figure it reports is a finite, positive
+# ratio, read from the JSON it writes (a pipeline that skips every sample or times nothing shows as zero or NaN).
+BENCHMARKS = {
+    "bench_model.py": (["--batch-size", "1", "--repeats", "1"], "model_*.json", ("ratio",)),
+    "bench_eval.py": (
+        ["--images", "4", "--batch-size", "2", "--classes", "2", "--prompts-per-class", "2"],
+        "eval_*.json",
+        ("ratio",),
+    ),
+    "bench_processor.py": (["--images", "2", "--batch-size", "2", "--repeats", "1"], "processor_*.json", ("speedup",)),
+    "bench_embed.py": (["--images", "2", "--batch-size", "2", "--num-workers", "0"], "embed_*.json", ("speedup",)),
+    "bench_search.py": (["--vectors", "1000", "--queries", "2"], "search.json", ("median_ms", "recall")),
+    "bench_train.py": (
+        [
+            "--batch-size",
+            "1",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--threads",
+            "1",
+            "--min-tokens",
+            "8",
+            "--max-tokens",
+            "16",
+        ],
+        "train_*.json",
+        ("ratio",),
+    ),
+    "bench_finetune.py": (
+        ["--batch-size", "1", "--classes", "2", "--steps", "1", "--methods", "open_clip-full", "full"],
+        "finetune_*.json",
+        ("ours_full_vs_open_clip_full_speed",),
+    ),
+    "bench_data.py": (
+        ["--samples", "16", "--shard-size", "8", "--short-side", "64", "--image-size", "32", "--batch-size", "4"]
+        + ["--loader-workers", "0", "1"],
+        "*.json",
+        ("samples_per_s",),
+    ),
+}
+
+
+def figures(report, keys: tuple[str, ...]) -> list:
+    """Every value under one of `keys`, at any depth of the report."""
+    if isinstance(report, dict):
+        found = [value for key, value in report.items() if key in keys]
+        return found + [figure for value in report.values() for figure in figures(value, keys)]
+    if isinstance(report, list):
+        return [figure for value in report for figure in figures(value, keys)]
+    return []
+
+
+@pytest.mark.parametrize("script", BENCHMARKS)
+def test_benchmarks_report_a_finite_positive_figure(tmp_path, script):
+    arguments, pattern, keys = BENCHMARKS[script]
+    output = tmp_path / "results"
+    destination = output / "data.json" if script == "bench_data.py" else output
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *arguments, "--output", str(destination)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (path,) = output.glob(pattern)
+    values = figures(json.loads(path.read_text()), keys)
+    assert values and all(isinstance(value, float) and math.isfinite(value) and value > 0 for value in values), values
+
+
+def test_data_benchmark_compares_both_pipelines(tmp_path):
+    arguments = [
+        "--samples",
+        "16",
+        "--shard-size",
+        "8",
+        "--short-side",
+        "64",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+    ]
+    result = run(str(ROOT / "bench" / "bench_data.py"), *arguments, "--repeats", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ratio = float(re.search(r"ratio ours / baseline: ([0-9.]+)x", result.stdout).group(1))
+    assert ratio > 0 and "16 samples" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["profile_sync.py", "gpu_report.py"])
+def test_gpu_check_helpers_start(tmp_path, script):
     result = run(str(ROOT / "bench" / script), "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("usage:")
