@@ -213,6 +213,13 @@ MUTANTS = [
         ("tests/test_throughput.py -k flop_counter",),
     ),
     Mutant(
+        "every micro-step reads its loss on the host",
+        "train.py",
+        "record.add(micro_step, loss, attention_mask, logit_scale, flops)",
+        "record.add(micro_step, loss, attention_mask, logit_scale, flops) or loss.item()",
+        ("tests/test_throughput.py -k do_not_wait",),
+    ),
+    Mutant(
         "device decoding draws its crop box from another generator",
         "unimedclip/data/device_decode.py",
         '"crop_box": random_resized_crop_box(*size, rng),',
