@@ -92,6 +92,24 @@ def figures(report, keys: tuple[str, ...]) -> list:
     return []
 
 
+def test_the_demo_replaces_its_own_output_and_refuses_any_other_folder(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from demo import MARKER, prepare_output
+    finally:
+        sys.path.remove(str(ROOT))
+    output = tmp_path / "demo"
+    prepare_output(output)
+    (output / "run" / "checkpoints").mkdir(parents=True)  # what a finished demo leaves
+    prepare_output(output)
+    assert sorted(path.name for path in output.iterdir()) == [MARKER]
+    mine = tmp_path / "mine"
+    (mine / "results").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="not written by the demo"):
+        prepare_output(mine)
+    assert (mine / "results").is_dir()
+
+
 @pytest.mark.parametrize("script", BENCHMARKS)
 def test_benchmarks_report_a_finite_positive_figure(tmp_path, script):
     arguments, pattern, keys = BENCHMARKS[script]
