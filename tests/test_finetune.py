@@ -23,10 +23,10 @@ from transformers import pipeline
 
 from modeling_unimedclip import UniMedCLIPForImageClassification, UniMedCLIPModel, UniMedCLIPProcessor
 from unimedclip.evaluation import Evaluator
-from unimedclip.evaluation.readers import EvalDataset, Sample
+from unimedclip.evaluation.readers import EvalDataset, ImageDataset, Sample
 from unimedclip.finetuning import DataError, ModelError, finetune, parse_args
 from unimedclip.finetuning.config import FinetuneConfig
-from unimedclip.finetuning.data import ProcessedImages, load_labelled_data
+from unimedclip.finetuning.data import load_labelled_data
 from unimedclip.finetuning.model import load_processor
 from unimedclip.finetuning.sampling import EpochBatches, class_weights
 from unimedclip.finetuning.wise_ft import choose_coefficient, interpolate
@@ -450,7 +450,7 @@ def test_csv_with_dicom_and_16_bit_images_and_the_processor_window(tmp_path, mod
     data = load_labelled_data(run, processor.image_processor)
     assert data.classes == ["effusion", "normal"] and sum(len(s.samples) for s in data.splits.values()) == 8
     dicom = tmp_path / "0.dcm"
-    pixels = ProcessedImages([Sample(dicom, 0)], processor.image_processor)[0][0]
+    pixels = ImageDataset([Sample(dicom, 0)], processor.image_processor, decode=False)[0][0]
     default = UniMedCLIPProcessor.from_pretrained(model_dir).image_processor
     torch.testing.assert_close(pixels, default(str(dicom), window="lung").pixel_values[0])
     assert not torch.equal(pixels, default(str(dicom)).pixel_values[0])

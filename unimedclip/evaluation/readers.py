@@ -232,11 +232,14 @@ def decode_image(image) -> Image.Image:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Decodes and preprocesses one sample per item; an unreadable image yields `None` so that the batch can drop and
-    count it."""
+    """Preprocesses one sample per item; an unreadable image yields `None` so that the batch can drop and count it.
 
-    def __init__(self, samples: Sequence[Sample], image_processor):
-        self.samples, self.image_processor = samples, image_processor
+    With `decode` (the evaluation's way) every image is decoded by `decode_image` first, the same for every model
+    compared, so a DICOM file shows its own window. Without it the processor opens the files itself, so its options
+    apply (fine-tuning's way: DICOM with the run's window and frame, 16-bit images scaled by their range)."""
+
+    def __init__(self, samples: Sequence[Sample], image_processor, decode: bool = True):
+        self.samples, self.image_processor, self.decode = samples, image_processor, decode
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -244,7 +247,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         sample = self.samples[index]
         try:
-            pixel_values = self.image_processor(decode_image(sample.image), return_tensors="pt").pixel_values[0]
+            image = decode_image(sample.image) if self.decode else sample.image
+            pixel_values = self.image_processor(image, return_tensors="pt").pixel_values[0]
         except (ValueError, TypeError, OSError):
             return None, sample.label, index
         return pixel_values, sample.label, index

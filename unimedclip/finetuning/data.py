@@ -13,7 +13,15 @@ import torch
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from ..evaluation.readers import EvalDataset, Sample, collate, csv_dataset, hf_dataset, image_folder_dataset
+from ..evaluation.readers import (
+    EvalDataset,
+    ImageDataset,
+    Sample,
+    collate,
+    csv_dataset,
+    hf_dataset,
+    image_folder_dataset,
+)
 from .config import FinetuneConfig
 
 SPLITS = ("train", "validation", "test")
@@ -55,27 +63,6 @@ class LabelledData:
             }
             for name, split in self.splits.items()
         }
-
-
-class ProcessedImages(torch.utils.data.Dataset):
-    """Runs one sample per item through the classifier's image processor, which opens files itself: DICOM with the
-    run's window and frame, 16-bit images scaled by their range. An unreadable image yields `None`, for `collate` to
-    drop and count. (The evaluation's dataset decodes images before any processor sees them, the same for every
-    model it compares, and so with a DICOM file's own window.)"""
-
-    def __init__(self, samples: list[Sample], image_processor):
-        self.samples, self.image_processor = samples, image_processor
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        sample = self.samples[index]
-        try:
-            pixel_values = self.image_processor(sample.image, return_tensors="pt").pixel_values[0]
-        except (ValueError, TypeError, OSError):
-            return None, sample.label, index
-        return pixel_values, sample.label, index
 
 
 def dataset_split(config: FinetuneConfig, name: str) -> str:
@@ -120,7 +107,10 @@ def relabelled(dataset: EvalDataset, classes: list[str], source: str) -> list[Sa
 def readable(samples: list[Sample], image_processor, num_workers: int, source: str, description: str) -> Split:
     """Run every image through the image processor once (in DataLoader workers); keep those it reads."""
     loader = torch.utils.data.DataLoader(
-        ProcessedImages(samples, image_processor), batch_size=32, num_workers=num_workers, collate_fn=collate
+        ImageDataset(samples, image_processor, decode=False),
+        batch_size=32,
+        num_workers=num_workers,
+        collate_fn=collate,
     )
     failed = []
     with tqdm(total=len(samples), desc=f"checking {description} images", unit="img", leave=False) as progress:

@@ -6,8 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..evaluation.evaluator import METRIC_MODULE
-from ..evaluation.readers import Sample, collate
-from .data import ProcessedImages
+from ..evaluation.readers import ImageDataset, Sample, collate
 
 
 class SplitEvaluator:
@@ -22,7 +21,7 @@ class SplitEvaluator:
     def logits(self, model, samples: list[Sample], description: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, classes) float32 logits on CPU and the labels, of the images the processor reads."""
         loader = torch.utils.data.DataLoader(
-            ProcessedImages(samples, self.image_processor),
+            ImageDataset(samples, self.image_processor, decode=False),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate,

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from modeling_unimedclip import UniMedCLIPForImageClassification
 
-from ..evaluation.readers import collate
+from ..evaluation.readers import ImageDataset, collate
 from ..release.classifier_card import render_classifier_card
 from ..training.checkpointing import (
     DataStreamState,
@@ -49,7 +49,7 @@ from ..training.memory import peak_memory_gib
 from ..training.optim import build_optimizer, lr_factor
 from ..training.uploads import BackgroundPusher
 from .config import METRICS, RESUMABLE_CHANGES, FinetuneConfig
-from .data import DataError, LabelledData, ProcessedImages, load_labelled_data
+from .data import DataError, LabelledData, load_labelled_data
 from .metrics import SplitEvaluator
 from .model import load_processor, plain_classifier, prepare_for_method, starting_classifier
 from .sampling import EpochBatches, class_weights
@@ -215,7 +215,7 @@ def finetune(config: FinetuneConfig, pusher: BackgroundPusher | None = None) -> 
     set_seed(config.seed + accelerator.process_index)
 
     loader = StatefulDataLoader(
-        ProcessedImages(data.splits["train"].samples, processor.image_processor),
+        ImageDataset(data.splits["train"].samples, processor.image_processor, decode=False),
         batch_sampler=sampler,
         num_workers=config.num_workers,
         collate_fn=collate,
