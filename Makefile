@@ -35,7 +35,7 @@ gpu-check: $(INSTALLED)
 	bash bench/gpu_check.sh
 
 mutation: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(PYTHON) tests/mutants.py
+	HF_HUB_OFFLINE=1 $(PYTHON) tests/mutants.py --all
 
 # Chromium for the app's browser tests (tests/test_app.py drives it with Playwright): Debian's package where missing.
 browser:

@@ -1,15 +1,22 @@
 """A mutation pass over the core modules: put one plausible bug in at a time, run the tests that guard that code, and
 report the bugs no test catches (survivors).
 
-    make mutation                        # every mutant
-    python tests/mutants.py -k clamp     # the mutants whose name contains "clamp"
+    make mutation                          # every hand-written mutant, then the operator pass
+    python tests/mutants.py -k clamp       # the hand-written mutants whose name contains "clamp"
+    python tests/mutants.py --operators    # only the operator pass (OPERATOR_MODULES)
 
-Each mutant replaces one exact snippet of one file; a snippet that no longer occurs exactly once is reported as
-stale (update the mutant with the code), so the list cannot rot silently. The file is restored after each run, also
-on Ctrl-C. Run it on a clean working tree: it edits files in place.
+Hand-written mutants (MUTANTS) are the bugs of kinds that once passed the suite; each replaces one exact snippet of
+one file, and a snippet that no longer occurs exactly once is reported as stale (update the mutant with the code), so
+the list cannot rot silently. The operator pass generates mutants mechanically over a few core modules: every
+comparison, arithmetic and boolean operator swapped for its neighbour, every `not` dropped, every number and boolean
+constant changed (error messages and annotations excepted). Survivors of the operator pass are listed with the
+reason each is acceptable in ACCEPTED; a survivor not listed there fails the pass.
+
+The file is restored after each run, also on Ctrl-C. Run it on a clean working tree: it edits files in place.
 """
 
 import argparse
+import ast
 import os
 import subprocess
 import sys
@@ -27,6 +34,19 @@ class Mutant:
     original: str
     mutated: str
     tests: tuple[str, ...]  # pytest node ids or -k expressions as "path::name" or "path -k expr"
+    position: tuple[int, int] | None = None  # (line from 1, column): replace there; else the one occurrence
+
+    def apply(self, source: str) -> str | None:
+        """The mutated source, or None if the original is not where the mutant expects it (stale)."""
+        if self.position is None:
+            return source.replace(self.original, self.mutated) if source.count(self.original) == 1 else None
+        line, column = self.position
+        lines = source.splitlines(keepends=True)
+        text = lines[line - 1]
+        if text[column : column + len(self.original)] != self.original:
+            return None
+        lines[line - 1] = text[:column] + self.mutated + text[column + len(self.original) :]
+        return "".join(lines)
 
 
 MUTANTS = [
@@ -229,6 +249,78 @@ MUTANTS = [
 ]
 
 
+# The operator pass: modules whose every operator and constant matters, and the tests that guard each.
+OPERATOR_MODULES = {
+    "unimedclip/inference/zero_shot.py": ("tests/test_zero_shot.py", "tests/test_medical.py -k predict"),
+    "unimedclip/training/loss.py": ("tests/test_train.py -k loss or clamp", "tests/test_train_distributed.py"),
+    "unimedclip/training/interval.py": ("tests/test_throughput.py -k interval or non_finite or logged",),
+    "unimedclip/data/transforms.py": ("tests/test_unimed_data.py -k crop or normal or transform",),
+    "unimedclip/evaluation/metrics/unimed_zero_shot/unimed_zero_shot.py": ("tests/test_evaluation.py",),
+}
+
+# Operator-pass survivors that are not bugs: "file:line: description" -> why.
+ACCEPTED: dict[str, str] = {}
+
+SWAPS = {
+    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In,
+    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
+    ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult, ast.And: ast.Or, ast.Or: ast.And,
+}  # fmt: skip
+
+
+def _variants(node: ast.AST) -> list[ast.AST]:
+    """The mutations of one node (a copy each), or none."""
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in SWAPS:
+        return [ast.Compare(node.left, [SWAPS[type(node.ops[0])]()], node.comparators)]
+    if isinstance(node, ast.BinOp) and type(node.op) in SWAPS:
+        return [ast.BinOp(node.left, SWAPS[type(node.op)](), node.right)]
+    if isinstance(node, ast.BoolOp) and type(node.op) in SWAPS:
+        return [ast.BoolOp(SWAPS[type(node.op)](), node.values)]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub):
+        return [node.operand]
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        return [ast.Constant(not node.value)]
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return [ast.Constant(node.value + 1 if isinstance(node.value, int) else node.value * 2)]
+    return []
+
+
+def _skipped(tree: ast.AST) -> set[int]:
+    """ids of the nodes no mutation should touch: error messages, f-strings, annotations, docstrings."""
+    roots = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise | ast.JoinedStr | ast.Assert):
+            roots.append(node)
+        elif isinstance(node, ast.AnnAssign):
+            roots.append(node.annotation)
+        elif isinstance(node, ast.arg) and node.annotation is not None:
+            roots.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns is not None:
+            roots.append(node.returns)
+    return {id(child) for root in roots for child in ast.walk(root)}
+
+
+def operator_mutants(file: str, tests: tuple[str, ...]) -> list[Mutant]:
+    source = (ROOT / file).read_text()
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    skipped = _skipped(tree)
+    mutants = []
+    for node in ast.walk(tree):
+        if id(node) in skipped or getattr(node, "lineno", None) != getattr(node, "end_lineno", 0):
+            continue  # only single-line nodes, replaced where they stand
+        encoded = lines[node.lineno - 1].encode()  # ast's columns count UTF-8 bytes
+        column = len(encoded[: node.col_offset].decode())
+        original = encoded[node.col_offset : node.end_col_offset].decode()
+        for variant in _variants(node):
+            mutated = ast.unparse(variant)
+            if mutated != original:
+                name = f"{file}:{node.lineno}: {original} -> {mutated}"
+                mutants.append(Mutant(name, file, original, mutated, tests, (node.lineno, column)))
+    return sorted(mutants, key=lambda mutant: mutant.position)
+
+
 def pytest_command(spec: str) -> list[str]:
     path, _, expression = spec.partition(" -k ")
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", path]
@@ -236,13 +328,14 @@ def pytest_command(spec: str) -> list[str]:
 
 
 def run(mutant: Mutant, timeout_s: int) -> str:
-    """'killed', 'survived' or 'stale' (the snippet is not in the file exactly once)."""
+    """'killed', 'survived' or 'stale' (the snippet is not where the mutant expects it)."""
     path = ROOT / mutant.file
     source = path.read_text()
-    if source.count(mutant.original) != 1:
+    mutated = mutant.apply(source)
+    if mutated is None:
         return "stale"
     try:
-        path.write_text(source.replace(mutant.original, mutant.mutated))
+        path.write_text(mutated)
         for spec in mutant.tests:
             environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
             try:
@@ -261,16 +354,24 @@ def run(mutant: Mutant, timeout_s: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-k", dest="select", help="only the mutants whose name contains this")
+    parser.add_argument("--operators", action="store_true", help="only the operator pass")
+    parser.add_argument("--all", action="store_true", help="the hand-written mutants, then the operator pass")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per test run")
     args = parser.parse_args(argv)
-    mutants = [mutant for mutant in MUTANTS if not args.select or args.select in mutant.name]
+    mutants = [] if args.operators else list(MUTANTS)
+    if args.operators or args.all:
+        mutants += [mutant for file, tests in OPERATOR_MODULES.items() for mutant in operator_mutants(file, tests)]
+    mutants = [mutant for mutant in mutants if not args.select or args.select in mutant.name]
     outcomes = {}
     for mutant in mutants:
         started = time.perf_counter()
         outcomes[mutant.name] = run(mutant, args.timeout)
         print(f"{outcomes[mutant.name]:9s} {time.perf_counter() - started:6.1f} s  {mutant.name}", flush=True)
-    bad = {name: outcome for name, outcome in outcomes.items() if outcome != "killed"}
-    print(f"\n{len(outcomes) - len(bad)} of {len(outcomes)} mutants killed" + (f"; not killed: {bad}" if bad else ""))
+    accepted = {name for name, outcome in outcomes.items() if outcome == "survived" and name in ACCEPTED}
+    bad = {name: outcome for name, outcome in outcomes.items() if outcome != "killed" and name not in accepted}
+    print(f"\n{len(outcomes) - len(bad) - len(accepted)} of {len(outcomes)} mutants killed", end="")
+    print(f", {len(accepted)} survivors accepted (ACCEPTED says why)" if accepted else "", end="")
+    print(f"; not killed: {bad}" if bad else "")
     return 1 if bad else 0
 
 

@@ -330,6 +330,11 @@ def test_altered_shard_is_rewritten_and_conflicting_settings_refused(tmp_path, r
     build_registered("openi", raw.root, raw.annotations, tmp_path, SETTINGS)
     reference = folder_bytes(tmp_path)
     shard = next((tmp_path / "data/xray").glob("*.tar"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="missing or altered"):
+        verify_output(tmp_path)
     shard.write_bytes(b"corrupted")
     with pytest.raises(ValueError, match="missing or altered"):
         verify_output(tmp_path)

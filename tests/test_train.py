@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from accelerate.state import AcceleratorState
 from conftest import tiny_config
 from datasets import DatasetInfo, SplitDict, SplitInfo
@@ -332,6 +333,25 @@ def test_final_directory_loads_with_automodel_and_the_zero_shot_pipeline(finishe
     image = Image.fromarray(np.full((40, 40, 3), (220, 40, 40), dtype=np.uint8))
     scores = classifier(image, candidate_labels=["pneumonia", "normal chest"])
     assert sum(score["score"] for score in scores) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_infonce_equals_open_clips_clip_loss_in_value_and_gradient():
+    """The independent reference: open_clip's ClipLoss on the same normalised embeddings and scale."""
+    from open_clip.loss import ClipLoss
+
+    generator = torch.Generator().manual_seed(0)
+    embeddings = [torch.randn(6, 8, generator=generator) for _ in range(2)]
+    scale = torch.tensor(14.3)
+    results = []
+    for loss_fn in (loss.create_loss("infonce"), ClipLoss()):
+        image, text = (F.normalize(e, dim=-1).requires_grad_() for e in embeddings)
+        value = loss_fn(image, text, scale)
+        value.backward()
+        results.append((value.detach(), image.grad, text.grad))
+    (ours, *our_grads), (reference, *reference_grads) = results
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-6) and ours.item() > 0.5
+    for mine, theirs in zip(our_grads, reference_grads, strict=True):
+        torch.testing.assert_close(mine, theirs)
 
 
 def test_loss_falls_on_a_learnable_set(tmp_path, unimed_repo, tokenizer_dir):
