@@ -1,5 +1,6 @@
 """The zero-shot arithmetic by value, on hand-built embeddings: prompt-ensemble class embeddings, image scores and
-volume pooling. The shared model's tests check the same functions end to end."""
+volume pooling; the labels it accepts; and prompt truncation on the shared model. The shared model's tests check the
+same functions end to end."""
 
 import math
 from types import SimpleNamespace
@@ -9,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from conftest import LABELS
 
-from unimedclip.inference.zero_shot import class_embeddings, expand_labels, image_probabilities, volume_probabilities
+from modeling_unimedclip import UniMedCLIPModel, UniMedCLIPProcessor
+from unimedclip.inference.zero_shot import (
+    class_embeddings,
+    expand_labels,
+    image_probabilities,
+    text_embeddings,
+    volume_probabilities,
+)
 
 
 class Batch(dict):
@@ -73,3 +81,28 @@ def test_bare_labels_get_the_modality_prompt_ensemble():
     prompts = expand_labels(LABELS, "ct")
     assert list(prompts) == LABELS and all(len(texts) > 1 for texts in prompts.values())
     assert all(label in text for label, texts in prompts.items() for text in texts)
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        ([], r"Labels must be non-empty; got \[\]"),
+        (["pneumonia", "  "], r"Labels must be non-empty; got \['pneumonia', ''\]"),
+        (["pneumonia", " pneumonia"], r"Labels must be distinct; \['pneumonia'\] appear"),
+    ],
+)
+def test_empty_blank_and_repeated_labels_are_refused(labels, match):
+    with pytest.raises(ValueError, match=match):
+        expand_labels(labels)
+    with pytest.raises(ValueError, match="Unknown modality 'ecg'"):
+        expand_labels(["pneumonia"], "ecg")
+
+
+def test_prompts_longer_than_the_context_are_truncated_as_the_original_tokenizer_does(model_dir):
+    """The original's tokenizer cuts every prompt to 256 tokens ([CLS] and [SEP] included); the model has room for
+    512 positions, so a prompt of 600 words would otherwise run, on different text."""
+    model = UniMedCLIPModel.from_pretrained(model_dir).eval()
+    processor = UniMedCLIPProcessor.from_pretrained(model_dir)
+    words = ["mass", "lesion", "left", "right"] * 150
+    long, cut = text_embeddings(model, processor, [" ".join(words), " ".join(words[:254])])
+    torch.testing.assert_close(long, cut)

@@ -29,7 +29,7 @@ class InfoNCELoss(nn.Module):
     """Symmetric InfoNCE (mean of the image-to-text and text-to-image cross-entropies) of this process's pairs
     against the whole global batch."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1):
+    def __init__(self, rank: int, world_size: int):
         super().__init__()
         self.rank, self.world_size = rank, world_size
 
