@@ -20,7 +20,6 @@ private one only with --private --allow-gated-in-private-repo, for users keeping
 """
 
 import argparse
-import glob
 import re
 from collections import Counter
 from pathlib import Path
@@ -34,7 +33,7 @@ from tqdm import tqdm
 from dataset_scripts.build import build_lock
 from dataset_scripts.images import OUTSIDE_ROOT, FolderImages, SkippedSample
 from dataset_scripts.shards import encode_image
-from unimedclip.data.manifest import MANIFEST, PARTIAL_SUFFIX, file_sha256, load_manifest, save_manifest, verify_output
+from unimedclip.data.manifest import MANIFEST, PARTIAL_SUFFIX, file_sha256, load_manifest, save_manifest
 from unimedclip.evaluation.readers import (
     BENCHMARK_REPO,
     BENCHMARK_SPLIT,
@@ -47,7 +46,7 @@ from unimedclip.evaluation.readers import (
 from unimedclip.modalities import MODALITIES
 from unimedclip.paper import CITATION
 from unimedclip.release.dataset_card import LICENSE_FILE, README, size_category
-from unimedclip.release.hub import is_public_repo, push_folder_to_hub
+from unimedclip.release.hub import push_built_dataset
 
 CARD_TEMPLATE = Path(__file__).with_name("benchmark_card_template.md")
 FORMAT = "parquet"
@@ -301,27 +300,20 @@ def push_benchmark_to_hub(
     restricted = sorted(
         {entry["source"] for entry in manifest["shards"] if not redistributable(catalog.get(entry["source"]))}
     )
-    if restricted and not (private and allow_gated_in_private_repo):
-        raise PermissionError(
-            f"{output} holds datasets whose licence does not allow redistribution: {', '.join(restricted)}. Build a "
-            "folder with --redistributable-only for a shared repository; to keep your own build in a private "
-            "repository pass --private --allow-gated-in-private-repo."
-        )
-    api = api or HfApi()
-    if restricted and is_public_repo(api, repo_id):
-        raise PermissionError(
-            f"{repo_id} exists and is public; datasets that may not be redistributed go only to a private repository."
-        )
-    verify_output(output)
-    render_benchmark_card(output, repo_id)
-    files = [README, LICENSE_FILE, MANIFEST, *(entry["path"] for entry in manifest["shards"])]
-    return push_folder_to_hub(
+    refusal = (
+        f"{output} holds datasets whose licence does not allow redistribution: {', '.join(restricted)}. Build a "
+        "folder with --redistributable-only for a shared repository; to keep your own build in a private "
+        "repository pass --private --allow-gated-in-private-repo."
+    )
+    return push_built_dataset(
         output,
         repo_id,
-        repo_type="dataset",
-        private=private,
+        withheld=restricted,
+        refusal=refusal,
+        render_card=render_benchmark_card,
         commit_message="Upload the UniMed-CLIP zero-shot benchmark",
-        allow_patterns=[glob.escape(file) for file in files],
+        private=private,
+        allow_gated_in_private_repo=allow_gated_in_private_repo,
         api=api,
     )
 

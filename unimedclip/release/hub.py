@@ -2,11 +2,13 @@
 
 `publish_model` checks that a model directory is complete before anything is uploaded, then uploads it in one commit
 that includes its own README.md, so the repository carries our card and never the generic one that `push_to_hub`
-writes into a repository without a card. `push_dataset_to_hub` verifies a built UniMed folder against its manifest
-and refuses gated sources outside private repositories.
+writes into a repository without a card. `push_built_dataset`, behind the UniMed shards' `push_dataset_to_hub` and
+the zero-shot benchmark's upload, verifies a built folder against its manifest, uploads exactly what the manifest
+and card name, and refuses what may not be redistributed outside private repositories.
 """
 
 import glob
+from collections.abc import Callable
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -75,6 +77,47 @@ def is_public_repo(api: HfApi, repo_id: str) -> bool:
     return api.repo_exists(repo_id, repo_type="dataset") and not api.repo_info(repo_id, repo_type="dataset").private
 
 
+def push_built_dataset(
+    output: Path,
+    repo_id: str,
+    *,
+    withheld: list[str],
+    refusal: str,
+    render_card: Callable[[Path, str], object],
+    commit_message: str,
+    private: bool,
+    allow_gated_in_private_repo: bool,
+    api: HfApi | None,
+) -> str:
+    """Upload a built dataset folder (UniMed shards, or the zero-shot benchmark) as a dataset repository.
+
+    `withheld` names what in it may not be redistributed: then nothing goes up unless the repository is private and
+    `allow_gated_in_private_repo` is set (else PermissionError(`refusal`)), and never into an existing public
+    repository. The folder is verified against its manifest, its card rendered with `render_card(output, repo_id)`,
+    and exactly the card, LICENSE.md, the manifest and the files it lists are uploaded: never a stray folder or file
+    that happens to sit beside them.
+    """
+    if withheld and not (private and allow_gated_in_private_repo):
+        raise PermissionError(refusal)
+    api = api or HfApi()
+    if withheld and is_public_repo(api, repo_id):
+        raise PermissionError(
+            f"{repo_id} exists and is public; {', '.join(withheld)} may go only to a private repository."
+        )
+    verify_output(output)
+    render_card(output, repo_id)
+    files = [README, LICENSE_FILE, MANIFEST, *(entry["path"] for entry in load_manifest(output)["shards"])]
+    return push_folder_to_hub(
+        output,
+        repo_id,
+        repo_type="dataset",
+        private=private,
+        commit_message=commit_message,
+        allow_patterns=[glob.escape(file) for file in files],
+        api=api,
+    )
+
+
 def push_dataset_to_hub(
     output: Path,
     repo_id: str,
@@ -83,7 +126,7 @@ def push_dataset_to_hub(
     allow_gated_in_private_repo: bool = False,
     api: HfApi | None = None,
 ) -> str:
-    """Verify `output` against its manifest, render its card and upload it as a dataset repository.
+    """Verify a built UniMed folder against its manifest, render its card and upload it as a dataset repository.
 
     Shards of gated sources are refused unless the repository is private and `allow_gated_in_private_repo` is set,
     for users keeping their own build under their own access terms.
@@ -94,25 +137,19 @@ def push_dataset_to_hub(
             "`unimedclip benchmark --output DIR --push-to-hub ORG/NAME`."
         )
     gated = gated_sources(output)
-    if gated and not (private and allow_gated_in_private_repo):
-        raise PermissionError(
-            f"{output} holds shards of sources that may not be redistributed: {', '.join(gated)}. "
-            "Build a folder without them for a shared repository; to keep your own build in a private repository "
-            "pass private=True and allow_gated_in_private_repo=True (--private --allow-gated-in-private-repo)."
-        )
-    api = api or HfApi()
-    if gated and is_public_repo(api, repo_id):
-        raise PermissionError(f"{repo_id} exists and is public; gated shards go only to a private repository.")
-    verify_output(output)
-    render_card(output, repo_id)
-    # Exactly what the card and the manifest name: never a stray folder or file that happens to sit beside them.
-    files = [README, LICENSE_FILE, MANIFEST, *(entry["path"] for entry in load_manifest(output)["shards"])]
-    return push_folder_to_hub(
+    refusal = (
+        f"{output} holds shards of sources that may not be redistributed: {', '.join(gated)}. "
+        "Build a folder without them for a shared repository; to keep your own build in a private repository "
+        "pass private=True and allow_gated_in_private_repo=True (--private --allow-gated-in-private-repo)."
+    )
+    return push_built_dataset(
         output,
         repo_id,
-        repo_type="dataset",
-        private=private,
+        withheld=gated,
+        refusal=refusal,
+        render_card=render_card,
         commit_message="Upload UniMed shards",
-        allow_patterns=[glob.escape(file) for file in files],
+        private=private,
+        allow_gated_in_private_repo=allow_gated_in_private_repo,
         api=api,
     )
